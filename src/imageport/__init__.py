@@ -1,0 +1,1 @@
+"""imageport: the import and conversion pipeline of an Image API v2 service."""

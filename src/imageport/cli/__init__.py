@@ -1,0 +1,1 @@
+"""The ``imageport`` command line (typer + rich)."""

@@ -1,0 +1,57 @@
+"""What every command shares: settings, services, JSON output, error exits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+from imageport.config import Settings, load_settings
+from imageport.errors import ConfigurationError, InvalidRequest, NotFound, PipelineError
+from imageport.logging import configure_logging
+from imageport.pipeline.context import Services
+
+#: Progress and errors go to stderr, so stdout carries only the requested output.
+err_console = Console(stderr=True)
+
+EXIT_FAILED = 1  # the operation ran and failed (e.g. the import did not end active)
+EXIT_USAGE = 2  # the request was wrong: bad arguments, unknown id, bad configuration
+
+
+def settings() -> Settings:
+    """Load the settings once per command and configure logging from them."""
+    loaded = load_settings()
+    configure_logging(loaded)
+    return loaded
+
+
+@contextmanager
+def services(conf: Settings) -> Iterator[Services]:
+    """Open the services; the embedded (SQLite) database migrates itself."""
+    opened = Services.from_settings(conf)
+    try:
+        if conf.is_embedded or opened.db.engine.dialect.name == "sqlite":
+            opened.db.upgrade()
+        yield opened
+    finally:
+        opened.close()
+
+
+def print_json(data: object) -> None:
+    """Write one JSON document to stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Turn imageport errors into one clear line on stderr and a non-zero exit code."""
+    try:
+        yield
+    except PipelineError as exc:
+        err_console.print(f"[bold red]error[/] [{exc.code}] {exc.message}", highlight=False)
+        usage = isinstance(exc, InvalidRequest | NotFound | ConfigurationError)
+        raise typer.Exit(EXIT_USAGE if usage else EXIT_FAILED) from exc

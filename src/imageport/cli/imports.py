@@ -1,0 +1,112 @@
+"""``imageport import``: create an image and an import task, and (unless --no-wait) wait."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+from imageport.cli.common import (
+    EXIT_FAILED,
+    err_console,
+    errors_to_exit,
+    print_json,
+    services,
+    settings,
+)
+from imageport.cli.progress import wait_for_task
+from imageport.cli.show import render_image
+from imageport.config import DISK_FORMATS
+from imageport.errors import InvalidRequest
+from imageport.pipeline.request import ImportRequest
+from imageport.pipeline.submit import submit_import
+from imageport.records import ImageStatus, TaskStatus, repository, serialize
+from imageport.workers.actors import declare_actors
+from imageport.workers.broker import build_broker
+from imageport.workers.embedded import EmbeddedWorker
+
+
+def import_command(
+    source: Annotated[str, typer.Argument(help="A local file path or an http(s) URL.")],
+    name: Annotated[str | None, typer.Option(help="Image name (default: the file name).")] = None,
+    disk_format: Annotated[
+        str | None,
+        typer.Option(help="Declared disk format (default: from the file extension)."),
+    ] = None,
+    container_format: Annotated[str, typer.Option(help="Container format.")] = "bare",
+    target_format: Annotated[
+        str | None,
+        typer.Option(
+            help="Convert to this disk format (env IMAGEPORT_TARGET_FORMAT).", show_default=False
+        ),
+    ] = None,
+    store: Annotated[
+        list[str] | None, typer.Option("--store", help="Target store id (repeatable).")
+    ] = None,
+    checksum: Annotated[str | None, typer.Option(help="Expected MD5 of the source.")] = None,
+    hash_spec: Annotated[
+        str | None, typer.Option("--hash", help="Expected secure hash, ALGO:HEX.")
+    ] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once queued.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Import a disk image: stage, verify, inspect, convert, copy to stores, activate."""
+    conf = settings()
+    with errors_to_exit(), services(conf) as svc:
+        method = "web-download" if urlsplit(source).scheme in ("http", "https") else "local-file"
+        if method == "local-file":
+            source = str(Path(source).resolve())
+        request = ImportRequest.with_hash(
+            hash_spec,
+            method=method,
+            source=source,
+            disk_format=disk_format or _format_from_name(source),
+            container_format=container_format,
+            target_format=target_format or conf.target_format,
+            stores=tuple(store or ()),
+            checksum=checksum,
+        )
+        submitted = submit_import(svc, request, name=name or _name_from(source))
+        ids = {"image_id": submitted.image_id, "task_id": submitted.task_id}
+        if conf.is_embedded:
+            # No other process will run the job: this one is the worker, even with --no-wait.
+            with EmbeddedWorker(svc) as worker:
+                worker.actors.enqueue_import(submitted.task_id)
+                if no_wait:
+                    print_json(ids)
+                status = wait_for_task(svc, submitted.task_id, show=not no_wait)
+        else:
+            declare_actors(build_broker(conf), lambda: svc).enqueue_import(submitted.task_id)
+            if no_wait:
+                print_json(ids)
+                return
+            status = wait_for_task(svc, submitted.task_id, show=True)
+        if no_wait:
+            return
+        with svc.db.session() as session:
+            image = repository.get_image(session, submitted.image_id)
+            task = repository.get_task(session, submitted.task_id)
+            image_doc = serialize.image_to_dict(image, admin=True)
+            message, code = task.message, task.error_code
+        if as_json:
+            print_json(image_doc)
+        else:
+            render_image(image_doc)
+        if status != TaskStatus.SUCCESS or image_doc["status"] != ImageStatus.ACTIVE:
+            err_console.print(f"[bold red]import failed[/] [{code}] {message}", highlight=False)
+            raise typer.Exit(EXIT_FAILED)
+
+
+def _format_from_name(source: str) -> str:
+    suffix = Path(urlsplit(source).path).suffix.lstrip(".").lower()
+    if suffix == "img":
+        return "raw"
+    if suffix in DISK_FORMATS:
+        return suffix
+    raise InvalidRequest(f"cannot tell the disk format of {source}: pass --disk-format")
+
+
+def _name_from(source: str) -> str:
+    return Path(urlsplit(source).path).name or source

@@ -1,0 +1,63 @@
+"""The ``imageport`` command: import, images, tasks, inspect, db."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from imageport.cli.common import EXIT_FAILED, errors_to_exit, print_json, services, settings
+from imageport.cli.imports import import_command
+from imageport.cli.show import images_app, tasks_app
+from imageport.pipeline.check import check_file
+from imageport.pipeline.context import Services
+
+app = typer.Typer(
+    help="imageport: the import and conversion pipeline of an Image API v2 service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.command("import")(import_command)
+app.add_typer(images_app, name="images")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(db_app, name="db")
+
+
+@app.command("inspect")
+def inspect_command(
+    file: Annotated[Path, typer.Argument(help="The disk image file to check.")],
+    disk_format: Annotated[str | None, typer.Option(help="The declared disk format.")] = None,
+    checksum: Annotated[str | None, typer.Option(help="Expected MD5.")] = None,
+    hash_spec: Annotated[str | None, typer.Option("--hash", help="Expected ALGO:HEX.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Run the stage, verify and inspect checks on FILE; nothing is stored."""
+    conf = settings()
+    with errors_to_exit():
+        qemu = Services.build_qemu(conf)
+        result = check_file(
+            file, conf, qemu, disk_format=disk_format, checksum=checksum, hash_spec=hash_spec
+        )
+    if as_json:
+        print_json(result)
+    else:
+        for key in ("verdict", "detected_format", "virtual_size", "reason_code", "message"):
+            typer.echo(f"{key}: {result[key]}")
+    if result["verdict"] != "accept":
+        raise typer.Exit(EXIT_FAILED)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the database migrations (the embedded SQLite database does this by itself)."""
+    conf = settings()
+    with errors_to_exit(), services(conf) as svc:
+        svc.db.upgrade()
+    typer.echo(f"database at {svc.db.engine.url.render_as_string(hide_password=True)} is current")
+
+
+def main() -> None:
+    """Entry point of the ``imageport`` console script."""
+    app()

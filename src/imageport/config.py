@@ -1,0 +1,196 @@
+"""Typed settings, built once from ``IMAGEPORT_*`` variables and an optional TOML file.
+
+``load_settings()`` is the only place that reads the environment. Everything else receives the
+frozen :class:`Settings` object as an argument. Precedence, highest first: explicit keyword
+arguments, ``IMAGEPORT_*`` environment variables, the TOML file named by ``IMAGEPORT_CONFIG``,
+the defaults below (which give the embedded mode).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from imageport.errors import ConfigurationError
+
+#: Environment variable naming the optional TOML configuration file.
+CONFIG_ENV = "IMAGEPORT_CONFIG"
+
+DEFAULT_DATA_DIR = Path("imageport-data")  # relative to the working directory
+DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024  # bytes per read on the data path
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024**3  # bytes received from a source, 64 GiB
+DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024**3  # bytes out of one decompression layer
+DEFAULT_MAX_VIRTUAL_SIZE = 1024**4  # bytes of virtual disk, 1 TiB
+DEFAULT_QEMU_TIMEOUT = 3600.0  # seconds for one qemu-img convert
+DEFAULT_QEMU_INFO_TIMEOUT = 30.0  # seconds for one qemu-img info
+DEFAULT_QEMU_ADDRESS_SPACE = 1024**3  # bytes of address space for qemu-img info
+DEFAULT_QEMU_CPU_SECONDS = 30  # CPU seconds for qemu-img info
+DEFAULT_HTTP_CONNECT_TIMEOUT = 10.0  # seconds
+DEFAULT_HTTP_READ_TIMEOUT = 60.0  # seconds between two received chunks
+DEFAULT_HTTP_DEADLINE = 6 * 3600.0  # seconds for a whole download
+DEFAULT_TASK_TTL_HOURS = 48  # hours a finished task is kept (Glance's task_time_to_live)
+DEFAULT_MAX_ATTEMPTS = 3  # deliveries of one import before a transient error fails it
+DEFAULT_PROGRESS_INTERVAL = 1.0  # seconds between two persisted progress updates
+
+DiskFormat = Literal[
+    "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"
+]
+DISK_FORMATS: tuple[str, ...] = DiskFormat.__args__  # type: ignore[attr-defined]
+CONTAINER_FORMATS: tuple[str, ...] = (
+    "ami",
+    "ari",
+    "aki",
+    "bare",
+    "ovf",
+    "ova",
+    "docker",
+    "compressed",
+)
+
+
+class StoreSettings(BaseModel):
+    """One target store, configured by id under ``[stores.ID]`` in the TOML file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["file", "s3"] = "file"
+    #: Directory of a file store.
+    path: Path | None = None
+    #: Bucket, endpoint, region, credentials and key prefix of an S3 store.
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    prefix: str = ""
+    read_only: bool = False
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> StoreSettings:
+        if self.kind == "file" and self.path is None:
+            raise ValueError("a file store needs a path")
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("an s3 store needs a bucket")
+        return self
+
+
+class Settings(BaseSettings):
+    """Everything imageport can be configured with; see the README for each setting."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEPORT_",
+        frozen=True,
+        extra="forbid",
+        env_nested_delimiter="__",
+    )
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str = ""
+    broker_url: str = "memory://"
+    staging_dir: Path | None = None
+    scratch_dir: Path | None = None
+    default_store: str = "local"
+    stores: dict[str, StoreSettings] = Field(default_factory=dict)
+    target_format: DiskFormat | None = None
+    hash_algo: Literal["sha256", "sha384", "sha512"] = "sha512"
+    owner: str | None = None
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=64 * 1024)
+    max_image_bytes: int = Field(default=DEFAULT_MAX_IMAGE_BYTES, gt=0)
+    max_decompressed_bytes: int = Field(default=DEFAULT_MAX_DECOMPRESSED_BYTES, gt=0)
+    max_virtual_size: int = Field(default=DEFAULT_MAX_VIRTUAL_SIZE, gt=0)
+    allowed_disk_formats: tuple[str, ...] = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso")
+    qemu_img_path: str = "qemu-img"
+    qemu_timeout_seconds: float = Field(default=DEFAULT_QEMU_TIMEOUT, gt=0)
+    qemu_info_timeout_seconds: float = Field(default=DEFAULT_QEMU_INFO_TIMEOUT, gt=0)
+    qemu_address_space_bytes: int = Field(default=DEFAULT_QEMU_ADDRESS_SPACE, gt=0)
+    qemu_cpu_seconds: int = Field(default=DEFAULT_QEMU_CPU_SECONDS, gt=0)
+    http_connect_timeout: float = Field(default=DEFAULT_HTTP_CONNECT_TIMEOUT, gt=0)
+    http_read_timeout: float = Field(default=DEFAULT_HTTP_READ_TIMEOUT, gt=0)
+    http_deadline_seconds: float = Field(default=DEFAULT_HTTP_DEADLINE, gt=0)
+    task_ttl_hours: int = Field(default=DEFAULT_TASK_TTL_HOURS, gt=0)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    progress_interval_seconds: float = Field(default=DEFAULT_PROGRESS_INTERVAL, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    log_json: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - no .env files, on purpose
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read keyword arguments, then the environment, then the TOML file (if any)."""
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file))
+
+    @model_validator(mode="after")
+    def _check_default_store(self) -> Settings:
+        if self.stores and self.default_store not in self.stores:
+            raise ValueError(f"default_store {self.default_store!r} is not in [stores]")
+        return self
+
+    # Derived locations: the embedded defaults all live under data_dir.
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL; an SQLite file in the data directory unless set."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'imageport.db').resolve()}"
+
+    @property
+    def resolved_staging_dir(self) -> Path:
+        """Where staged source bytes are kept between stages (one directory per task)."""
+        return (self.staging_dir or self.data_dir / "staging").resolve()
+
+    @property
+    def resolved_scratch_dir(self) -> Path:
+        """Where conversion output is written before it is copied to non-file stores."""
+        return (self.scratch_dir or self.data_dir / "scratch").resolve()
+
+    @property
+    def resolved_stores(self) -> dict[str, StoreSettings]:
+        """The configured stores, or the embedded ``local`` file store under the data dir."""
+        if self.stores:
+            return dict(self.stores)
+        return {"local": StoreSettings(kind="file", path=(self.data_dir / "images").resolve())}
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when jobs run in this process (in-memory broker)."""
+        return self.broker_url.startswith("memory://")
+
+
+def load_settings(**overrides: Any) -> Settings:  # noqa: ANN401 - any Settings field
+    """Build the settings once: keyword overrides, then the environment, then the TOML file.
+
+    Raises:
+        ConfigurationError: if a value is invalid or the TOML file cannot be read.
+    """
+    config_file = os.environ.get(CONFIG_ENV)
+
+    class _FileSettings(Settings):
+        # A subclass per call carries the file name, so no global state is involved.
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    try:
+        if config_file and not Path(config_file).is_file():
+            raise ConfigurationError(f"{CONFIG_ENV}={config_file} does not name a readable file")
+        cls = _FileSettings if config_file else Settings
+        return cls(**overrides)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid configuration: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The import pipeline: stages as plain functions over a job context, and their runner."""

@@ -1,0 +1,73 @@
+"""Stage ``activate``: write the image's final fields, locations and status ``active``."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from imageport.pipeline.context import JobContext, Services
+from imageport.records import ImageStatus, TaskStatus, repository
+
+NAME = "activate"
+
+#: Glance's reserved properties for import bookkeeping.
+IMPORTING_TO_STORES = "os_glance_importing_to_stores"
+FAILED_IMPORT = "os_glance_failed_import"
+IMPORT_TASK = "os_glance_import_task"
+
+
+def run(ctx: JobContext, services: Services) -> dict[str, Any]:
+    """Activate the image and finish the task in one transaction, then clean staging."""
+    copied = ctx.outputs["copy"]
+    inspected = ctx.outputs["inspect"]
+    converted = ctx.outputs["convert"]
+    virtual_size = converted.get("virtual_size") or inspected["virtual_size"]
+    result = {
+        "image_id": ctx.image_id,
+        "stores": [loc["store_id"] for loc in copied["locations"]],
+        "failed_stores": copied["failed_stores"],
+    }
+    with services.db.session() as session:
+        repository.remove_locations(session, ctx.image_id)
+        for loc in copied["locations"]:
+            repository.add_location(
+                session,
+                ctx.image_id,
+                store_id=loc["store_id"],
+                url=loc["url"],
+                metadata=loc["metadata"],
+            )
+        repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, "")
+        repository.set_property(
+            session, ctx.image_id, FAILED_IMPORT, ",".join(copied["failed_stores"])
+        )
+        repository.set_image_status(
+            session,
+            ctx.image_id,
+            expected=ImageStatus.IMPORTING,
+            new=ImageStatus.ACTIVE,
+            checksum=copied["md5"],
+            os_hash_algo=copied["hash_algo"],
+            os_hash_value=copied["hash_value"],
+            size=copied["size"],
+            virtual_size=virtual_size,
+            disk_format=converted["format"],
+            container_format=ctx.request.container_format,
+        )
+        repository.set_task_status(
+            session,
+            ctx.task_id,
+            expected=TaskStatus.PROCESSING,
+            new=TaskStatus.SUCCESS,
+            message="",
+            result=result,
+            expires_at=ctx.expires_at(),
+        )
+    remove_work_dirs(ctx)
+    return result
+
+
+def remove_work_dirs(ctx: JobContext) -> None:
+    """Delete the task's staging and scratch directories."""
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    shutil.rmtree(ctx.scratch_dir, ignore_errors=True)

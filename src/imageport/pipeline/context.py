@@ -1,0 +1,98 @@
+"""The job context stages work on, and the services they are given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from imageport.config import Settings
+from imageport.pipeline.qemu import Limits, QemuImg
+from imageport.pipeline.request import ImportRequest
+from imageport.records import Database
+from imageport.stores import Store, build_stores
+
+#: Reports bytes done and, when known, bytes total; returns False when the job must stop.
+Progress = Callable[[int, int | None], bool]
+
+
+@dataclass
+class Services:
+    """The I/O clients a worker process shares between jobs; built after fork."""
+
+    settings: Settings
+    db: Database
+    stores: dict[str, Store]
+    qemu: QemuImg
+    http: httpx.Client
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, db: Database | None = None) -> Services:
+        """Create every client from settings (the database is migrated by the caller)."""
+        return cls(
+            settings=settings,
+            db=db or Database(settings.resolved_database_url),
+            stores=build_stores(settings),
+            qemu=cls.build_qemu(settings),
+            http=build_http_client(settings),
+        )
+
+    @staticmethod
+    def build_qemu(settings: Settings) -> QemuImg:
+        """The qemu-img wrapper with the limits from settings."""
+        return QemuImg(
+            binary=settings.qemu_img_path,
+            info_limits=Limits(
+                address_space=settings.qemu_address_space_bytes,
+                cpu_seconds=settings.qemu_cpu_seconds,
+                timeout=settings.qemu_info_timeout_seconds,
+            ),
+            convert_timeout=settings.qemu_timeout_seconds,
+        )
+
+    def close(self) -> None:
+        """Release connections."""
+        self.http.close()
+        self.db.dispose()
+
+
+def build_http_client(settings: Settings) -> httpx.Client:
+    """The client web-download uses: no proxies from the environment, no content decoding."""
+    return httpx.Client(
+        timeout=httpx.Timeout(
+            settings.http_read_timeout, connect=settings.http_connect_timeout, pool=10.0
+        ),
+        follow_redirects=False,  # redirects are followed by hand so each hop is checked
+        trust_env=False,  # never pick up proxies or netrc from the worker's environment
+        headers={"Accept-Encoding": "identity", "User-Agent": "imageport"},
+    )
+
+
+@dataclass
+class JobContext:
+    """One import as the stages see it: ids, request, work directory, earlier outputs."""
+
+    task_id: str
+    image_id: str
+    request: ImportRequest
+    settings: Settings
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    progress: Progress = field(default=lambda _done, _total: True)
+
+    @property
+    def work_dir(self) -> Path:
+        """This task's private staging directory (relative names resolve only inside it)."""
+        return self.settings.resolved_staging_dir / self.task_id
+
+    def expires_at(self) -> datetime:
+        """When a finished task may be forgotten (Glance's task_time_to_live)."""
+        return datetime.now(UTC) + timedelta(hours=self.settings.task_ttl_hours)
+
+    @property
+    def scratch_dir(self) -> Path:
+        """This task's private scratch directory for conversion output."""
+        return self.settings.resolved_scratch_dir / self.task_id

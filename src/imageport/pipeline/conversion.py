@@ -1,0 +1,75 @@
+"""Stage ``convert``: qemu-img convert to the target format, then inspect the output.
+
+The output goes to the task's scratch directory. When the target store is a file store on the
+same file system, the copy stage later moves that file into the store by rename, so conversion
+writes the final bytes exactly once.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from imageport.errors import ConversionFailed, NoSpace
+from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.qemu import qemu_format
+
+NAME = "convert"
+CONVERTED_NAME = "converted"
+
+
+def run(ctx: JobContext, services: Services) -> dict[str, Any]:
+    """Convert when the target format differs; ``skipped`` when there is nothing to do."""
+    source_format = ctx.outputs["inspect"]["detected_format"]
+    target_format = ctx.request.final_format
+    if target_format == source_format:
+        return {"skipped": True, "converted": False, "format": source_format}
+    staged = Path(ctx.outputs["stage"]["path"])
+    ctx.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out = ctx.scratch_dir / CONVERTED_NAME
+    # A raw output holds at least the source's data; qcow2's own overhead is small.
+    needed = ctx.outputs["stage"]["size"]
+    free = shutil.disk_usage(ctx.scratch_dir).free
+    if needed > free:
+        raise NoSpace(
+            f"scratch has {free} bytes free, about {needed} are needed to convert: "
+            f"free space in {ctx.scratch_dir} or move scratch_dir"
+        )
+    total = int(ctx.outputs["inspect"]["virtual_size"])
+
+    def on_progress(percent: float) -> bool:
+        return ctx.progress(int(total * percent / 100), total)
+
+    services.qemu.convert(staged, source_format, out, target_format, on_progress)
+    info = services.qemu.info(out, target_format)
+    _check_output(info, target_format)
+    ctx.progress(total, total)
+    return {
+        "converted": True,
+        "path": str(out),
+        "format": target_format,
+        "size": out.stat().st_size,
+        "virtual_size": int(info["virtual-size"]),
+    }
+
+
+def still_valid(ctx: JobContext, output: dict[str, Any]) -> bool:
+    """Reuse a finished conversion only while its output file is intact."""
+    if not output.get("converted"):
+        return True
+    path = ctx.scratch_dir / CONVERTED_NAME
+    return path.is_file() and path.stat().st_size == output.get("size")
+
+
+def _check_output(info: dict[str, Any], target_format: str) -> None:
+    data = info.get("format-specific", {}).get("data", {})
+    if (
+        info.get("format") != qemu_format(target_format)
+        or "backing-filename" in info
+        or "data-file" in data
+    ):
+        raise ConversionFailed(
+            f"the converted image is not a plain {target_format} file: {info.get('format')}",
+            code="conversion_failed",
+        )

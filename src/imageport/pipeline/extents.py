@@ -1,0 +1,78 @@
+"""Read a local file as data extents and holes, through one reused buffer.
+
+Holes (found with SEEK_DATA/SEEK_HOLE) are never read: they are reported as zero runs, so a
+sparse raw image of 4 GiB with 1 GiB of data costs one read of 1 GiB.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Either ``data`` (a view into the shared buffer) or a hole of ``hole`` bytes."""
+
+    data: memoryview | None = None
+    hole: int = 0
+
+    def __len__(self) -> int:
+        return len(self.data) if self.data is not None else self.hole
+
+
+def read_extents(path: Path, buffer: bytearray) -> Iterator[Piece]:
+    """Yield the file's content as data pieces (through ``buffer``) and holes, in order."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        view = memoryview(buffer)
+        pos = 0
+        while pos < size:
+            data_start = _seek(fd, pos, os.SEEK_DATA, size)
+            if data_start > pos:
+                yield Piece(hole=data_start - pos)
+                pos = data_start
+                continue
+            data_end = _seek(fd, pos, os.SEEK_HOLE, size)
+            while pos < data_end:
+                n = os.preadv(fd, [view[: min(len(view), data_end - pos)]], pos)
+                if n == 0:  # the file shrank under us
+                    return
+                yield Piece(data=view[:n])
+                pos += n
+    finally:
+        os.close(fd)
+
+
+def _seek(fd: int, pos: int, whence: int, size: int) -> int:
+    try:
+        return os.lseek(fd, pos, whence)
+    except OSError as exc:
+        if whence == os.SEEK_DATA and exc.errno == errno.ENXIO:
+            return size  # no data after pos: the rest of the file is a hole
+        # A file system without SEEK_DATA/SEEK_HOLE: treat everything as data.
+        return pos if whence == os.SEEK_DATA else size
+
+
+_PROBE = 64  # bytes checked first: most data chunks are told apart from zeros right there
+_ZERO_PROBE = bytes(_PROBE)
+_zeros = b""
+
+
+def is_zero(view: memoryview) -> bool:
+    """Whether ``view`` is all zero bytes.
+
+    memoryview ``==`` compares element by element (≈ 0.4 GB/s); ``bytes ==`` is a memcmp
+    (≈ 10 GB/s), so the chunk is copied once, and only when its first bytes are all zero.
+    """
+    if bytes(view[:_PROBE]) != _ZERO_PROBE[: min(_PROBE, len(view))]:
+        return False
+    n = len(view)
+    global _zeros  # noqa: PLW0603 - a cache of one zero buffer, reused across calls
+    if len(_zeros) < n:
+        _zeros = bytes(n)
+    return view.tobytes() == (_zeros if len(_zeros) == n else _zeros[:n])

@@ -1,0 +1,113 @@
+"""MD5 plus the configured secure hash, computed in two threads over the same buffers.
+
+hashlib releases the GIL on large buffers, so MD5 on the calling thread and SHA-512 on a helper
+thread run in parallel: about twice the throughput of both in one thread on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from imageport.errors import InvalidRequest
+
+SUPPORTED_ALGOS = ("sha256", "sha384", "sha512")
+_PARALLEL_MIN = 256 * 1024  # bytes; below this, a thread hand-off costs more than it saves
+
+
+@dataclass(frozen=True)
+class Digests:
+    """The hashes of one byte stream."""
+
+    md5: str
+    algo: str
+    value: str
+    size: int
+
+
+class MultiHasher:
+    """Feeds every buffer to MD5 and one multihash algorithm, the two in parallel."""
+
+    def __init__(self, algo: str) -> None:
+        if algo not in SUPPORTED_ALGOS:
+            raise InvalidRequest(
+                f"unsupported hash algorithm {algo!r}; use one of {', '.join(SUPPORTED_ALGOS)}"
+            )
+        self.algo = algo
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._secure = hashlib.new(algo)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash")
+        self.size = 0
+
+    def update(self, data: memoryview | bytes) -> None:
+        """Hash ``data``; returns when both hashes have consumed it (the buffer may be reused)."""
+        self.size += len(data)
+        if len(data) < _PARALLEL_MIN:
+            self._md5.update(data)
+            self._secure.update(data)
+            return
+        future = self._pool.submit(self._secure.update, data)
+        self._md5.update(data)
+        future.result()
+
+    def digests(self) -> Digests:
+        """The hex digests so far."""
+        return Digests(
+            md5=self._md5.hexdigest(),
+            algo=self.algo,
+            value=self._secure.hexdigest(),
+            size=self.size,
+        )
+
+    def close(self) -> None:
+        """Stop the helper thread."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def same_digest(expected: str, actual: str) -> bool:
+    """Constant-time, case-insensitive comparison of two hex digests."""
+    return hmac.compare_digest(expected.strip().lower().encode(), actual.lower().encode())
+
+
+def parse_hash_spec(spec: str) -> tuple[str, str]:
+    """Split ``ALGO:HEX`` (as given to ``--hash``) and check both parts.
+
+    Raises:
+        InvalidRequest: if the algorithm is unknown or the value is not hex of the right length.
+    """
+    algo, sep, value = spec.partition(":")
+    algo = algo.strip().lower()
+    value = value.strip().lower()
+    if not sep or algo not in SUPPORTED_ALGOS:
+        raise InvalidRequest(
+            f"--hash must be ALGO:HEX with ALGO one of {', '.join(SUPPORTED_ALGOS)}"
+        )
+    _check_hex(value, hashlib.new(algo).digest_size * 2, f"{algo} hash")
+    return algo, value
+
+
+def check_md5(value: str) -> str:
+    """Validate an MD5 hex digest given by a user and return it lower-cased."""
+    value = value.strip().lower()
+    _check_hex(value, 32, "MD5 checksum")
+    return value
+
+
+def _check_hex(value: str, length: int, what: str) -> None:
+    if len(value) != length or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidRequest(f"the {what} must be {length} hex digits, got {value!r}")

@@ -1,0 +1,220 @@
+"""The one place that starts qemu-img: always ``-f``, JSON output, limits, timeout, own group.
+
+Every call runs ``prlimit --as=… --cpu=… -- qemu-img …`` (no shell, ``LC_ALL=C``) in a new
+process group, so a timeout or a cancel kills qemu-img and anything it started. File names are
+always paths the pipeline created itself. subprocess errors never leave this module: they become
+:class:`~imageport.errors.ConversionFailed` or :class:`~imageport.errors.QemuTimeout`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imageport.errors import ConversionFailed, QemuTimeout
+
+#: qemu-img's names for formats whose Glance disk_format name differs.
+QEMU_FORMAT_NAMES = {"vhd": "vpc", "iso": "raw"}
+CONVERT_ADDRESS_SPACE = 4 * 1024**3  # bytes; convert with -m 16 needs far less than this
+_PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+_POLL_INTERVAL = 0.2  # seconds between two checks of a running convert
+
+
+def qemu_format(disk_format: str) -> str:
+    """The qemu-img driver name for an Image API disk_format."""
+    return QEMU_FORMAT_NAMES.get(disk_format, disk_format)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one qemu-img process."""
+
+    address_space: int  # bytes
+    cpu_seconds: int
+    timeout: float  # wall-clock seconds
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished qemu-img process returned."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+#: Called with the progress percentage while a long call runs; returns False to cancel.
+ProgressHook = Callable[[float], bool]
+Runner = Callable[[Sequence[str], Limits, ProgressHook | None], RunResult]
+
+
+class QemuCancelled(Exception):
+    """The progress hook asked to stop; qemu-img's process group was killed."""
+
+
+def run_limited(args: Sequence[str], limits: Limits, progress: ProgressHook | None) -> RunResult:
+    """Run ``args`` under prlimit in a new process group with a wall-clock timeout.
+
+    Raises:
+        QemuTimeout: the timeout passed; the process group was killed.
+        QemuCancelled: the progress hook returned False; the process group was killed.
+    """
+    argv = [
+        "prlimit",
+        f"--as={limits.address_space}",
+        f"--cpu={limits.cpu_seconds}",
+        "--",
+        *args,
+    ]
+    env = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        process_group=0,  # its own group: a kill reaches everything qemu-img started
+    )
+    deadline = time.monotonic() + limits.timeout
+    out = bytearray()
+    err = bytearray()
+    os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+    os.set_blocking(proc.stderr.fileno(), False)  # type: ignore[union-attr]
+    try:
+        while True:
+            _drain(proc, out, err)
+            if proc.poll() is not None:
+                _drain(proc, out, err)
+                break
+            if time.monotonic() > deadline:
+                _kill_group(proc)
+                raise QemuTimeout(
+                    f"qemu-img did not finish within {limits.timeout:.0f}s and was stopped; "
+                    "it will be retried (raise qemu_timeout_seconds for very large images)"
+                )
+            if progress is not None:
+                match = None
+                for match in _PROGRESS_RE.finditer(out):  # noqa: B007 - keep the last one
+                    pass
+                if not progress(float(match.group(1)) if match else 0.0):
+                    _kill_group(proc)
+                    raise QemuCancelled
+                if len(out) > 4096:
+                    del out[:-64]  # progress output grows forever; keep only the tail
+            time.sleep(_POLL_INTERVAL)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    return RunResult(proc.returncode, bytes(out), bytes(err))
+
+
+def _drain(proc: subprocess.Popen[bytes], out: bytearray, err: bytearray) -> None:
+    for stream, buffer in ((proc.stdout, out), (proc.stderr, err)):
+        data = stream.read() if stream is not None else None  # non-blocking: None if empty
+        if data:
+            buffer.extend(data)
+    if len(err) > 65536:
+        del err[: len(err) - 65536]  # a chatty qemu-img must not grow our memory
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class QemuImg:
+    """qemu-img info and convert, with the limits from settings and an injected runner."""
+
+    def __init__(
+        self,
+        *,
+        binary: str = "qemu-img",
+        info_limits: Limits,
+        convert_timeout: float,
+        runner: Runner = run_limited,
+    ) -> None:
+        self._binary = binary
+        self._info_limits = info_limits
+        self._convert_limits = Limits(
+            address_space=CONVERT_ADDRESS_SPACE,
+            # CPU time is bounded by the wall clock: at most both cores for the whole timeout.
+            cpu_seconds=int(convert_timeout * 2) + 1,
+            timeout=convert_timeout,
+        )
+        self._runner = runner
+
+    def info(self, path: Path, disk_format: str | None) -> dict[str, Any]:
+        """``qemu-img info -f FMT --output=json PATH``; ``disk_format=None`` is qemu's probe.
+
+        The probe (no ``-f``) is only ever used as a second opinion on an image our own
+        inspector already classified; its answer never chooses how the image is opened.
+        """
+        args = [self._binary, "info", "--output=json"]
+        if disk_format is not None:
+            args += ["-f", qemu_format(disk_format)]
+        result = self._runner([*args, str(path)], self._info_limits, None)
+        if result.returncode != 0:
+            raise ConversionFailed(
+                f"qemu-img cannot open the image as {disk_format or 'any format'}: "
+                f"{_first_line(result.stderr)}",
+                code="qemu_refused",
+            )
+        try:
+            info: dict[str, Any] = json.loads(result.stdout)
+        except ValueError as exc:
+            raise ConversionFailed("qemu-img info printed no JSON", code="qemu_refused") from exc
+        return info
+
+    def convert(
+        self,
+        src: Path,
+        src_format: str,
+        dst: Path,
+        dst_format: str,
+        progress: ProgressHook | None = None,
+    ) -> None:
+        """Convert ``src`` to ``dst``: explicit input format, no cache, 16 coroutines, unordered.
+
+        ``-t none -m 16 -W`` is the fastest steady setting measured (DESIGN.md); qemu-img keeps
+        zero runs as holes in a raw output by default.
+        """
+        args = [
+            self._binary,
+            "convert",
+            "-p",
+            "-f",
+            qemu_format(src_format),
+            "-O",
+            qemu_format(dst_format),
+            "-t",
+            "none",
+            "-m",
+            "16",
+            "-W",
+            str(src),
+            str(dst),
+        ]
+        result = self._runner(args, self._convert_limits, progress)
+        if result.returncode != 0:
+            raise ConversionFailed(
+                f"qemu-img convert {src_format} to {dst_format} failed: "
+                f"{_first_line(result.stderr)}",
+                code="conversion_failed",
+            )
+
+
+def _first_line(stderr: bytes) -> str:
+    text = stderr.decode("utf-8", "replace").strip()
+    return text.splitlines()[0] if text else "no error message"

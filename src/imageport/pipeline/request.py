@@ -1,0 +1,69 @@
+"""What an import asks for: the task's ``input``, validated once when the task is created."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imageport.config import CONTAINER_FORMATS, DISK_FORMATS
+from imageport.errors import InvalidRequest
+from imageport.pipeline.hashing import check_md5, parse_hash_spec
+
+#: Import methods: a path on the worker's host, an http(s) URL, or bytes already staged.
+Method = Literal["local-file", "web-download", "glance-direct"]
+
+
+class ImportRequest(BaseModel):
+    """The parameters of one import, stored as the task's ``input``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Method
+    source: str = Field(description="a local path (local-file) or an http(s) URL")
+    disk_format: str
+    container_format: str = "bare"
+    target_format: str | None = None
+    stores: tuple[str, ...] = ()
+    all_stores_must_succeed: bool = True
+    checksum: str | None = None
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+
+    @field_validator("disk_format", "target_format")
+    @classmethod
+    def _known_disk_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in DISK_FORMATS:
+            raise ValueError(f"unknown disk format {value!r}; use one of {', '.join(DISK_FORMATS)}")
+        return value
+
+    @field_validator("container_format")
+    @classmethod
+    def _known_container_format(cls, value: str) -> str:
+        if value not in CONTAINER_FORMATS:
+            raise ValueError(
+                f"unknown container format {value!r}; use one of {', '.join(CONTAINER_FORMATS)}"
+            )
+        return value
+
+    @field_validator("checksum")
+    @classmethod
+    def _md5(cls, value: str | None) -> str | None:
+        return None if value is None else check_md5(value)
+
+    @classmethod
+    def with_hash(cls, hash_spec: str | None, **fields: object) -> ImportRequest:
+        """Build a request, splitting ``--hash ALGO:HEX`` into its two fields."""
+        if hash_spec:
+            algo, value = parse_hash_spec(hash_spec)
+            fields.update(os_hash_algo=algo, os_hash_value=value)
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            raise InvalidRequest(problems) from exc
+
+    @property
+    def final_format(self) -> str:
+        """The disk format the stored image will have."""
+        return self.target_format or self.disk_format

@@ -1,0 +1,240 @@
+"""The runner: walks one import's stages, persisting each stage's start, progress and outcome.
+
+A stage whose latest run is ``done`` (or ``skipped``) and whose durable output is still intact
+is not run again, so a job that is delivered a second time — after a crash, a retry or a
+takeover — continues where the last attempt stopped. Every failure ends in a recorded state:
+a retry scheduled for transient errors while attempts remain, otherwise a failed task, an image
+back in ``queued`` and no staged or partial data left behind.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import structlog
+
+from imageport.errors import PipelineError, TransientError
+from imageport.pipeline import (
+    activation,
+    conversion,
+    copying,
+    inspection,
+    staging,
+    verification,
+)
+from imageport.pipeline.activation import FAILED_IMPORT, IMPORTING_TO_STORES, remove_work_dirs
+from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.request import ImportRequest
+from imageport.records import ImageStatus, StageStatus, TaskStatus, repository
+
+log = structlog.get_logger(__name__)
+
+#: The stages of an import, in order. Each module has ``NAME`` and ``run(ctx, services)``, and
+#: may have ``still_valid(ctx, output)`` telling whether its durable output survived.
+STAGES: tuple[ModuleType, ...] = (
+    staging,
+    verification,
+    inspection,
+    conversion,
+    copying,
+    activation,
+)
+STAGE_NAMES = tuple(m.NAME for m in STAGES)
+RETRY_BASE_DELAY = 2.0  # seconds before the first retry of a transient failure
+RETRY_MAX_DELAY = 300.0  # seconds; the backoff never waits longer than this
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one delivery of a job ended."""
+
+    status: TaskStatus
+    retry_in: float | None = None  # seconds, when a transient failure will be retried
+
+
+def run_import(services: Services, task_id: str) -> Outcome:
+    """Run (or continue) the import task ``task_id``; safe to call twice for the same task."""
+    ctx = _begin(services, task_id)
+    if ctx is None:
+        with services.db.session() as session:
+            return Outcome(TaskStatus(repository.get_task(session, task_id).status))
+    bound = log.bind(task_id=task_id, image_id=ctx.image_id)
+    stage_name = STAGE_NAMES[0]
+    try:
+        for module in STAGES:
+            stage_name = module.NAME
+            _run_stage(ctx, services, module)
+    except PipelineError as exc:
+        return _handle_failure(ctx, services, stage_name, exc)
+    except Exception as exc:  # noqa: BLE001 - a bug must still end in a recorded state
+        bound.exception("stage crashed", stage=stage_name)
+        wrapped = PipelineError(f"internal error in stage {stage_name}: {exc!r}")
+        return _handle_failure(ctx, services, stage_name, wrapped)
+    bound.info("import finished", outcome="success")
+    return Outcome(TaskStatus.SUCCESS)
+
+
+def _begin(services: Services, task_id: str) -> JobContext | None:
+    """Move the task to processing and load the outputs of finished stages."""
+    with services.db.session() as session:
+        task = repository.get_task(session, task_id)
+        if task.status in (TaskStatus.SUCCESS, TaskStatus.FAILURE):
+            return None  # a redelivered message for a finished job: nothing to do
+        if task.status == TaskStatus.PENDING:
+            repository.set_task_status(
+                session, task_id, expected=TaskStatus.PENDING, new=TaskStatus.PROCESSING
+            )
+        task.attempts += 1
+        request = ImportRequest.model_validate(task.input["request"])
+        assert task.image_id is not None  # noqa: S101 - import tasks always have an image
+        ctx = JobContext(
+            task_id=task_id, image_id=task.image_id, request=request, settings=services.settings
+        )
+        for name, run in repository.latest_stage_runs(session, task_id).items():
+            if run.status in (StageStatus.DONE, StageStatus.SKIPPED) and run.output is not None:
+                ctx.outputs[name] = dict(run.output)
+    return ctx
+
+
+def _run_stage(ctx: JobContext, services: Services, module: ModuleType) -> None:
+    name: str = module.NAME
+    previous = ctx.outputs.get(name)
+    still_valid: Callable[[JobContext, dict[str, Any]], bool] | None = getattr(
+        module, "still_valid", None
+    )
+    if previous is not None and (still_valid is None or still_valid(ctx, previous)):
+        return  # durable output exists: this stage is already done
+    ctx.outputs.pop(name, None)
+    with services.db.session() as session:
+        run_id = repository.start_stage_run(session, ctx.task_id, name).id
+    writer = _ProgressWriter(services, run_id)
+    ctx.progress = writer
+    started = time.monotonic()
+    try:
+        output: dict[str, Any] = module.run(ctx, services)
+    except PipelineError as exc:
+        writer.flush()
+        _finish(services, run_id, StageStatus.FAILED, None, exc)
+        raise
+    except Exception as exc:
+        writer.flush()
+        _finish(services, run_id, StageStatus.FAILED, None, PipelineError(repr(exc)))
+        raise
+    status = StageStatus.SKIPPED if output.get("skipped") else StageStatus.DONE
+    ctx.outputs[name] = output
+    writer.flush()
+    _finish(services, run_id, status, output, None)
+    log.info("stage finished", stage=name, status=status, seconds=time.monotonic() - started)
+
+
+def _finish(
+    services: Services,
+    run_id: int,
+    status: StageStatus,
+    output: dict[str, Any] | None,
+    error: PipelineError | None,
+) -> None:
+    with services.db.session() as session:
+        repository.finish_stage_run(
+            session,
+            run_id,
+            status=status,
+            output=output,
+            error_code=error.code if error else None,
+            error_message=error.message if error else None,
+        )
+
+
+class _ProgressWriter:
+    """Persists a stage's bytes done at most once per progress interval, and on flush."""
+
+    def __init__(self, services: Services, run_id: int) -> None:
+        self._services = services
+        self._run_id = run_id
+        self._interval = services.settings.progress_interval_seconds
+        self._last = 0.0
+        self._state: tuple[int, int | None] | None = None
+        self._written: tuple[int, int | None] | None = None
+
+    def __call__(self, done: int, total: int | None) -> bool:
+        self._state = (done, total)
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Write the latest numbers if they changed since the last write."""
+        if self._state is None or self._state == self._written:
+            return
+        done, total = self._state
+        with self._services.db.session() as session:
+            repository.update_stage_progress(
+                session, self._run_id, bytes_done=done, bytes_total=total
+            )
+        self._written = self._state
+
+
+def _handle_failure(ctx: JobContext, services: Services, stage: str, exc: PipelineError) -> Outcome:
+    with services.db.session() as session:
+        attempts = repository.get_task(session, ctx.task_id).attempts
+    if isinstance(exc, TransientError) and attempts < services.settings.max_attempts:
+        delay = _backoff(attempts)
+        with services.db.session() as session:
+            repository.set_task_status(
+                session,
+                ctx.task_id,
+                expected=TaskStatus.PROCESSING,
+                new=TaskStatus.PENDING,
+                message=f"attempt {attempts} failed in stage {stage} ({exc.code}): {exc}; "
+                f"retrying in {delay:.0f}s",
+                error_code=exc.code,
+            )
+        log.warning("import will be retried", stage=stage, error_code=exc.code, delay=delay)
+        return Outcome(TaskStatus.PENDING, retry_in=delay)
+    fail_import(ctx, services, stage, exc)
+    return Outcome(TaskStatus.FAILURE)
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped."""
+    ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineError) -> None:
+    """Remove every byte the import wrote, put the image back to queued, fail the task."""
+    remove_work_dirs(ctx)
+    stores = copying.target_store_ids(ctx)
+    for store_id in stores:
+        store = services.stores.get(store_id)
+        if store is not None:
+            store.discard_partial(ctx.image_id)
+    with services.db.session() as session:
+        image = repository.get_image(session, ctx.image_id)
+        copied = ctx.outputs.get("copy")
+        if copied and image.status != ImageStatus.ACTIVE:
+            for loc in copied["locations"]:
+                services.stores[loc["store_id"]].delete(loc["url"])
+        if image.status == ImageStatus.IMPORTING:
+            repository.set_image_status(
+                session, ctx.image_id, expected=ImageStatus.IMPORTING, new=ImageStatus.QUEUED
+            )
+        repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, "")
+        repository.set_property(session, ctx.image_id, FAILED_IMPORT, ",".join(stores))
+        repository.set_task_status(
+            session,
+            ctx.task_id,
+            expected=(TaskStatus.PROCESSING, TaskStatus.PENDING),
+            new=TaskStatus.FAILURE,
+            message=f"import failed in stage {stage} ({exc.code}): {exc}",
+            error_code=exc.code,
+            expires_at=ctx.expires_at(),
+        )
+    log.warning("import failed", stage=stage, error_code=exc.code, error=str(exc))

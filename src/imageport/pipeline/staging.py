@@ -1,0 +1,160 @@
+"""Stage ``stage``: bring the source bytes into the task's staging directory in one pass.
+
+While the bytes flow they are counted against ``max_image_bytes``, hashed (MD5 and the
+configured multihash, in parallel) and shown to the stream inspector; zero chunks are left as
+holes. The staged file is the durable output a resumed job reuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from imageport.config import Settings
+from imageport.errors import NoSpace, SizeLimitExceeded
+from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.extents import is_zero
+from imageport.pipeline.hashing import MultiHasher
+from imageport.pipeline.inspector import StreamInspector
+from imageport.pipeline.sources import SourceInfo, file_chunks, http_stream
+
+NAME = "stage"
+STAGED_NAME = "source"  # the staged file's name inside the task's private directory
+
+
+def run(ctx: JobContext, services: Services) -> dict[str, Any]:
+    """Stage the source and return its size, hashes and the inspector's verdict."""
+    ctx.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = ctx.work_dir / STAGED_NAME
+    buffer = bytearray(ctx.settings.chunk_size)
+    with _open_source(ctx, services, buffer) as (info, chunks):
+        _check_space(ctx.work_dir, info.length)
+        return _copy(ctx, chunks, target, info)
+
+
+def still_valid(ctx: JobContext, output: dict[str, Any]) -> bool:
+    """A finished stage is reused only while its staged file is intact."""
+    path = ctx.work_dir / STAGED_NAME
+    return path.is_file() and path.stat().st_size == output.get("size")
+
+
+@contextlib.contextmanager
+def _open_source(
+    ctx: JobContext, services: Services, buffer: bytearray
+) -> Iterator[tuple[SourceInfo, Iterator[memoryview]]]:
+    request = ctx.request
+    if request.method == "web-download":
+        with http_stream(
+            services.http, request.source, deadline_seconds=ctx.settings.http_deadline_seconds
+        ) as opened:
+            yield opened
+        return
+    path = Path(request.source)
+    length = path.stat().st_size if path.is_file() else None
+    yield SourceInfo(length=length), file_chunks(path, buffer)
+
+
+def _check_space(where: Path, needed: int | None) -> None:
+    free = shutil.disk_usage(where).free
+    if needed is not None and needed > free:
+        raise NoSpace(
+            f"staging has {free} bytes free but the source is {needed} bytes: "
+            f"free space in {where} or move staging_dir"
+        )
+
+
+def _copy(
+    ctx: JobContext, chunks: Iterator[memoryview], target: Path, info: SourceInfo
+) -> dict[str, Any]:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+
+        def sink(chunk: memoryview, offset: int) -> None:
+            if not is_zero(chunk):  # zero chunks stay holes: staged raw images stay sparse
+                _pwrite_all(fd, chunk, offset)
+
+        scanned = scan(
+            chunks,
+            ctx.settings,
+            declared=ctx.request.disk_format,
+            extra_algo=ctx.request.os_hash_algo,
+            sink=sink,
+            progress=lambda done: ctx.progress(done, info.length),
+        )
+        os.ftruncate(fd, scanned["size"])
+        # No fsync: the staged file only has to survive a worker crash (the page cache does),
+        # and a lost host loses local staging anyway; syncing would cost a full write-back of
+        # the source on the hot path.
+    finally:
+        os.close(fd)
+    return {"path": str(target), **scanned}
+
+
+def scan(
+    chunks: Iterator[memoryview],
+    settings: Settings,
+    *,
+    declared: str | None,
+    extra_algo: str | None,
+    sink: Callable[[memoryview, int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> dict[str, Any]:
+    """Count, cap, hash and inspect a byte stream, handing each chunk to ``sink`` on the way.
+
+    Raises:
+        SizeLimitExceeded: more than ``max_image_bytes`` arrived.
+    """
+    inspector = StreamInspector()
+    extra = _extra_hash(settings, extra_algo)
+    with MultiHasher(settings.hash_algo) as hasher:
+        for chunk in chunks:
+            if hasher.size + len(chunk) > settings.max_image_bytes:
+                raise SizeLimitExceeded(
+                    f"the source is larger than max_image_bytes={settings.max_image_bytes}",
+                    code="upload_limit",
+                )
+            offset = hasher.size
+            hasher.update(chunk)
+            if extra is not None:
+                extra.update(chunk)
+            inspector.feed(chunk)
+            if sink is not None:
+                sink(chunk, offset)
+            if progress is not None:
+                progress(hasher.size)
+        digests = hasher.digests()
+    verdict = inspector.verdict(declared, settings)
+    return {
+        "size": digests.size,
+        "md5": digests.md5,
+        "hash_algo": digests.algo,
+        "hash_value": digests.value,
+        "extra_hash": (
+            {"algo": extra.name, "value": extra.hexdigest()} if extra is not None else None
+        ),
+        "verdict": verdict.as_output(),
+    }
+
+
+def _extra_hash(settings: Settings, algo: str | None) -> hashlib._Hash | None:
+    # A user may declare a hash in another algorithm than ours; compute that one too.
+    if algo is None or algo == settings.hash_algo:
+        return None
+    return hashlib.new(algo)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    written = 0
+    try:
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], offset + written)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace("staging ran out of space: free space there and retry") from exc
+        raise

@@ -1,0 +1,178 @@
+"""The database handle: engine, transactional sessions, and the Alembic upgrade and check.
+
+One :class:`Database` per process (create it after fork). ``upgrade()`` is safe to call at
+every start, from many processes at once: on PostgreSQL it holds an advisory lock for the
+whole migration transaction, on SQLite an immediate (write) transaction does the same job.
+The Alembic environment lives in this package (``records/migrations``), so no ``alembic.ini``
+is needed at run time.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from imageport.errors import ConfigurationError
+from imageport.records.base import Base
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from sqlite3 import Connection as SQLiteConnection
+
+    from sqlalchemy.engine import URL
+
+#: Directory of the Alembic environment shipped inside the package.
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: Key of the PostgreSQL advisory lock held while migrating ("imgport" in ASCII).
+MIGRATION_LOCK_KEY = 0x696D67706F7274
+#: Milliseconds SQLite waits for another writer before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Return an Alembic config pointing at the packaged migrations.
+
+    Args:
+        connection: the connection ``env.py`` should migrate, if any.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _normalize_url(url: str) -> URL:
+    parsed = make_url(url)
+    if parsed.drivername in {"postgresql", "postgres"}:
+        # psycopg 3 is the driver we ship; SQLAlchemy would default to psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_on_connect(dbapi_connection: SQLiteConnection, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first, so a concurrent switch to WAL waits instead of failing.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def _create_engine(url: URL, *, echo: bool) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, echo=echo, pool_pre_ping=True)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    if url.database in {None, "", ":memory:"}:
+        # An in-memory database exists once per connection: share a single one.
+        kwargs["poolclass"] = StaticPool
+    else:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+    engine = create_engine(url, echo=echo, **kwargs)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+class Database:
+    """An engine plus a session factory, and the schema's upgrade and check.
+
+    Args:
+        url: a SQLAlchemy URL, ``sqlite:///path`` or ``postgresql+psycopg://…``
+            (plain ``postgresql://`` is taken to mean psycopg 3).
+        echo: log every SQL statement.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = _normalize_url(url)
+        self.engine = _create_engine(self.url, echo=echo)
+        self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"<Database {self.url.render_as_string(hide_password=True)}>"
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is SQLite."""
+        return self.url.get_backend_name() == "sqlite"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """Yield a session inside a transaction: commit on exit, roll back on an exception."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Migrate the schema to ``revision`` (default: the newest); a no-op when there.
+
+        Raises:
+            ConfigurationError: if the database holds a revision these migrations do not know.
+        """
+        with self.engine.connect() as connection:
+            self._lock_for_migration(connection)
+            try:
+                command.upgrade(alembic_config(connection), revision)
+            except CommandError as exc:
+                raise ConfigurationError(
+                    f"cannot migrate the database: {exc}", code="schema_unknown"
+                ) from exc
+            # Alembic runs inside our transaction; committing also drops the lock.
+            connection.commit()
+
+    def _lock_for_migration(self, connection: Connection) -> None:
+        if self.is_sqlite:
+            # Take the write lock now, so a second process waits rather than racing DDL.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif self.url.get_backend_name() == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
+
+    def current_revision(self) -> str | None:
+        """Return the schema revision recorded in the database (None when empty)."""
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def check(self) -> None:
+        """Make sure the database is at the newest revision and matches the models.
+
+        Raises:
+            ConfigurationError: with ``code`` ``schema_out_of_date`` if migrations are
+                pending, or ``schema_mismatch`` (listing the differences) if the models
+                and the migrated schema differ.
+        """
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        with self.engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "render_as_batch": self.is_sqlite}
+            )
+            current = context.get_current_revision()
+            if current != head:
+                raise ConfigurationError(
+                    f"database schema is at revision {current}, the newest is {head}: "
+                    "run `imageport db upgrade`",
+                    code="schema_out_of_date",
+                )
+            diffs = compare_metadata(context, Base.metadata)
+        if diffs:
+            listed = "; ".join(repr(diff) for diff in diffs)
+            raise ConfigurationError(
+                f"models and migrations differ, write a migration: {listed}",
+                code="schema_mismatch",
+            )
+
+    def dispose(self) -> None:
+        """Close every pooled connection (call before fork and at shutdown)."""
+        self.engine.dispose()
