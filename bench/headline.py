@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Headline benchmark: import a qcow2 as raw, against the floor of doing the same by hand.
 
 The source is a 4 GiB (virtual) qcow2 holding 1 GiB of random data, built once by

@@ -87,6 +87,14 @@ def test_models_match_migrations(database):
     database.check()
 
 
+def test_check_reports_a_schema_that_differs_from_the_models(database):
+    with database.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE images ADD COLUMN extra INTEGER")
+    with pytest.raises(ConfigurationError, match="extra") as caught:
+        database.check()
+    assert caught.value.code == "schema_mismatch"
+
+
 def test_check_refuses_an_unmigrated_database(empty_database):
     assert empty_database.current_revision() is None
     with pytest.raises(ConfigurationError) as caught:

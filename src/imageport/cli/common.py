@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from imageport.config import Settings, load_settings
 from imageport.errors import ConfigurationError, InvalidRequest, NotFound, PipelineError
@@ -46,12 +47,18 @@ def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def report_error(what: str, code: str | None, message: str) -> None:
+    """Print one line ``<what> [code] message`` on stderr, never wrapped or styled away."""
+    line = escape(f"[{code}] {message}")
+    err_console.print(f"[bold red]{what}[/] {line}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def errors_to_exit() -> Iterator[None]:
     """Turn imageport errors into one clear line on stderr and a non-zero exit code."""
     try:
         yield
     except PipelineError as exc:
-        err_console.print(f"[bold red]error[/] [{exc.code}] {exc.message}", highlight=False)
+        report_error("error", exc.code, exc.message)
         usage = isinstance(exc, InvalidRequest | NotFound | ConfigurationError)
         raise typer.Exit(EXIT_USAGE if usage else EXIT_FAILED) from exc

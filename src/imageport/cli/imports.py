@@ -10,9 +10,9 @@ import typer
 
 from imageport.cli.common import (
     EXIT_FAILED,
-    err_console,
     errors_to_exit,
     print_json,
+    report_error,
     services,
     settings,
 )
@@ -95,7 +95,7 @@ def import_command(
         else:
             render_image(image_doc)
         if status != TaskStatus.SUCCESS or image_doc["status"] != ImageStatus.ACTIVE:
-            err_console.print(f"[bold red]import failed[/] [{code}] {message}", highlight=False)
+            report_error("import failed", code, message)
             raise typer.Exit(EXIT_FAILED)
 
 

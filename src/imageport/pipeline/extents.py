@@ -76,3 +76,20 @@ def is_zero(view: memoryview) -> bool:
     if len(_zeros) < n:
         _zeros = bytes(n)
     return view.tobytes() == (_zeros if len(_zeros) == n else _zeros[:n])
+
+
+ZERO_BLOCK = 64 * 1024  # bytes; zero runs are found at this granularity
+
+
+def data_runs(view: memoryview, block: int = ZERO_BLOCK) -> Iterator[tuple[int, int]]:
+    """Yield ``(start, end)`` of the runs of ``view`` that are not all-zero blocks."""
+    start: int | None = None
+    for pos in range(0, len(view), block):
+        zero = is_zero(view[pos : pos + block])
+        if zero and start is not None:
+            yield start, pos
+            start = None
+        elif not zero and start is None:
+            start = pos
+    if start is not None:
+        yield start, len(view)

@@ -196,7 +196,7 @@ def _handle_failure(ctx: JobContext, services: Services, stage: str, exc: Pipeli
                 f"retrying in {delay:.0f}s",
                 error_code=exc.code,
             )
-        log.warning("import will be retried", stage=stage, error_code=exc.code, delay=delay)
+        log.info("import will be retried", stage=stage, error_code=exc.code, delay=delay)
         return Outcome(TaskStatus.PENDING, retry_in=delay)
     fail_import(ctx, services, stage, exc)
     return Outcome(TaskStatus.FAILURE)
@@ -237,4 +237,4 @@ def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineEr
             error_code=exc.code,
             expires_at=ctx.expires_at(),
         )
-    log.warning("import failed", stage=stage, error_code=exc.code, error=str(exc))
+    log.info("import finished", outcome="failure", stage=stage, error_code=exc.code, error=str(exc))

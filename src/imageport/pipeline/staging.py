@@ -19,7 +19,7 @@ from typing import Any
 from imageport.config import Settings
 from imageport.errors import NoSpace, SizeLimitExceeded
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.extents import is_zero
+from imageport.pipeline.extents import data_runs
 from imageport.pipeline.hashing import MultiHasher
 from imageport.pipeline.inspector import StreamInspector
 from imageport.pipeline.sources import SourceInfo, file_chunks, http_stream
@@ -76,8 +76,9 @@ def _copy(
     try:
 
         def sink(chunk: memoryview, offset: int) -> None:
-            if not is_zero(chunk):  # zero chunks stay holes: staged raw images stay sparse
-                _pwrite_all(fd, chunk, offset)
+            # Zero blocks are not written: they stay holes, so staged raw images stay sparse.
+            for start, end in data_runs(chunk):
+                _pwrite_all(fd, chunk[start:end], offset + start)
 
         scanned = scan(
             chunks,

@@ -76,11 +76,11 @@ def _create_engine(url: URL, *, echo: bool) -> Engine:
     if url.get_backend_name() != "sqlite":
         return create_engine(url, echo=echo, pool_pre_ping=True)
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
-    if url.database in {None, "", ":memory:"}:
+    if not url.database or url.database == ":memory:":
         # An in-memory database exists once per connection: share a single one.
         kwargs["poolclass"] = StaticPool
     else:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, echo=echo, **kwargs)
     event.listen(engine, "connect", _sqlite_on_connect)
     return engine

@@ -7,7 +7,9 @@ with the ``alembic.ini`` beside this file and a URL given as ``-x url=...``::
     alembic -c src/imageport/records/migrations/alembic.ini -x url=sqlite:////tmp/dev.db \
         upgrade head
     alembic -c src/imageport/records/migrations/alembic.ini -x url=sqlite:////tmp/dev.db \
-        revision --autogenerate -m "what changed"
+        revision --autogenerate --rev-id 0002 -m "what changed"
+
+then clean the generated file (``ruff check --fix``, ``ruff format``) and read it through.
 """
 
 from __future__ import annotations

@@ -7,14 +7,11 @@ Create Date: ${create_date}
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 ${imports if imports else ""}
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 revision: str = ${repr(up_revision)}
 down_revision: str | Sequence[str] | None = ${repr(down_revision)}

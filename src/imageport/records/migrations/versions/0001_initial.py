@@ -7,13 +7,10 @@ Create Date: 2026-11-27 05:06:27.931855
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None

@@ -1,0 +1,5 @@
+"""``python -m imageport`` runs the command line."""
+
+from imageport.cli.main import main
+
+main()

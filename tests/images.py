@@ -1,0 +1,65 @@
+"""Small real disk images for tests, made with qemu-img."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+def make_raw(path: Path, *, virtual: int = 16 * MIB, data: int = 3 * MIB, seed: int = 1) -> Path:
+    """A sparse raw disk with ``data`` random bytes spread over three regions."""
+    rng = __import__("random").Random(seed)
+    with path.open("wb") as f:
+        f.truncate(virtual)
+        piece = data // 3
+        for offset in (0, virtual // 2, virtual - piece):
+            f.seek(offset)
+            f.write(rng.randbytes(piece))
+    return path
+
+
+def make_qcow2(path: Path, *, virtual: int = 16 * MIB, data: int = 3 * MIB, seed: int = 1) -> Path:
+    """A qcow2 holding the same content as :func:`make_raw`."""
+    raw = path.with_suffix(".src.raw")
+    make_raw(raw, virtual=virtual, data=data, seed=seed)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True
+    )
+    raw.unlink()
+    return path
+
+
+def qemu_info(path: Path, fmt: str) -> dict:
+    """qemu-img's own view of a file."""
+    import json  # noqa: PLC0415
+
+    out = subprocess.run(
+        ["qemu-img", "info", "-f", fmt, "--output=json", str(path)],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return json.loads(out)
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """MD5 and SHA-512 of a file, as md5sum/sha512sum print them."""
+    md5 = subprocess.run(["md5sum", str(path)], check=True, capture_output=True, text=True)
+    sha = subprocess.run(["sha512sum", str(path)], check=True, capture_output=True, text=True)
+    return md5.stdout.split()[0], sha.stdout.split()[0]
+
+
+def leftover_files(root: Path) -> list[Path]:
+    """Every file under ``root`` (used to prove nothing was left behind)."""
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def stored_path(url: str) -> Path:
+    """The path behind a ``file://`` location."""
+    assert url.startswith("file://")
+    return Path(url.removeprefix("file://"))
+
+
+__all__ = ["MIB", "file_digests", "leftover_files", "make_qcow2", "make_raw", "os", "qemu_info"]

@@ -1,0 +1,28 @@
+"""Fixtures for pipeline tests: settings in a temp data dir, services on a real database."""
+
+from __future__ import annotations
+
+import pytest
+
+from imageport.config import Settings
+from imageport.pipeline.context import Services
+
+
+@pytest.fixture
+def settings(tmp_path, database_url) -> Settings:
+    """Embedded-mode settings in a private data dir, on SQLite or PostgreSQL."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        progress_interval_seconds=0.01,
+        max_attempts=1,
+    )
+
+
+@pytest.fixture
+def services(settings):
+    """Real services (database migrated, file store, qemu-img, httpx)."""
+    opened = Services.from_settings(settings)
+    opened.db.upgrade()
+    yield opened
+    opened.close()

@@ -1,0 +1,142 @@
+"""Unit tests of the data-path helpers: hashing, zero runs, extents, requests, stores."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+
+import pytest
+
+from imageport.errors import InvalidRequest, QemuTimeout
+from imageport.pipeline.extents import data_runs, is_zero, read_extents
+from imageport.pipeline.hashing import MultiHasher, parse_hash_spec, same_digest
+from imageport.pipeline.qemu import Limits, run_limited
+from imageport.pipeline.request import ImportRequest
+from imageport.stores import FileStore, MemoryStore
+
+
+def test_multihasher_matches_hashlib_for_small_and_large_buffers():
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    with MultiHasher("sha512") as hasher:
+        hasher.update(memoryview(data)[:100])
+        hasher.update(memoryview(data)[100:])
+        digests = hasher.digests()
+    assert digests.md5 == hashlib.md5(data).hexdigest()
+    assert digests.value == hashlib.sha512(data).hexdigest()
+    assert digests.size == len(data)
+
+
+def test_hash_specs_are_checked():
+    assert parse_hash_spec("SHA256:" + "A" * 64) == ("sha256", "a" * 64)
+    for bad in ("sha512", "md4:00", "sha512:xyz", "sha256:" + "0" * 63):
+        with pytest.raises(InvalidRequest):
+            parse_hash_spec(bad)
+    assert same_digest("ABC", "abc")
+    assert not same_digest("abd", "abc")
+
+
+def test_zero_detection_and_data_runs():
+    buf = bytearray(1024 * 1024)
+    assert is_zero(memoryview(buf))
+    buf[-1] = 1
+    assert not is_zero(memoryview(buf))
+    buf[70_000] = 1
+    assert list(data_runs(memoryview(buf))) == [(65536, 131072), (983040, 1048576)]
+
+
+def test_read_extents_reports_holes_without_reading_them(tmp_path):
+    path = tmp_path / "sparse"
+    with path.open("wb") as f:
+        f.truncate(8 * 1024 * 1024)
+        f.seek(4 * 1024 * 1024)
+        f.write(b"x" * 4096)
+    pieces = list(read_extents(path, bytearray(1024 * 1024)))
+    assert sum(len(p) for p in pieces) == 8 * 1024 * 1024
+    assert sum(len(p) for p in pieces if p.data is None) >= 7 * 1024 * 1024
+    assert any(p.data is not None and b"x" in bytes(p.data) for p in pieces)
+
+
+def test_request_validation_gives_invalid_request():
+    with pytest.raises(InvalidRequest, match="unknown disk format"):
+        ImportRequest.with_hash(None, method="local-file", source="/x", disk_format="floppy")
+    with pytest.raises(InvalidRequest, match="MD5"):
+        ImportRequest.with_hash(
+            None, method="local-file", source="/x", disk_format="raw", checksum="zz"
+        )
+    req = ImportRequest.with_hash(
+        "sha256:" + "0" * 64, method="local-file", source="/x", disk_format="qcow2"
+    )
+    assert (req.os_hash_algo, req.final_format) == ("sha256", "qcow2")
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        return MemoryStore("m")
+    return FileStore("f", tmp_path / "store")
+
+
+def test_store_contract_write_commit_read_delete(store):
+    key = str(uuid.uuid4())
+    writer = store.begin_write(key, size=3 * 4096)
+    writer.write(memoryview(b"a" * 4096))
+    writer.write_hole(4096)
+    writer.write(memoryview(b"b" * 4096))
+    obj = writer.commit()
+    assert obj.size == 3 * 4096
+    assert store.exists(obj.url)
+    data = b"".join(store.read(obj.url))
+    assert data == b"a" * 4096 + bytes(4096) + b"b" * 4096
+    assert b"".join(store.read(obj.url, offset=4095, length=2)) == b"a\0"
+    store.delete(obj.url)
+    assert not store.exists(obj.url)
+    store.delete(obj.url)  # deleting twice is fine
+
+
+def test_store_abort_leaves_nothing(store, tmp_path):
+    key = str(uuid.uuid4())
+    writer = store.begin_write(key)
+    writer.write(memoryview(b"x" * 100))
+    writer.abort()
+    writer.abort()
+    if isinstance(store, FileStore):
+        assert list(store.root.iterdir()) == []
+    else:
+        assert store.objects == {}
+
+
+def test_store_refuses_keys_that_are_not_ids(store):
+    for key in ("../etc/passwd", "a/b", "", "x" * 36):
+        with pytest.raises(InvalidRequest):
+            store.begin_write(key)
+
+
+def test_file_store_refuses_urls_outside_it(tmp_path):
+    store = FileStore("f", tmp_path / "store")
+    with pytest.raises(InvalidRequest):
+        store.exists("file:///etc/passwd")
+    with pytest.raises(InvalidRequest):
+        store.exists(f"file://{tmp_path}/store/../x")
+
+
+def test_run_limited_kills_the_whole_group_on_timeout():
+    started = time.monotonic()
+    with pytest.raises(QemuTimeout):
+        run_limited(
+            ["sh", "-c", "sleep 30 & sleep 30"],
+            Limits(address_space=1 << 30, cpu_seconds=5, timeout=0.5),
+            None,
+        )
+    assert time.monotonic() - started < 5
+
+
+def test_run_limited_applies_the_address_space_limit():
+    result = run_limited(
+        ["python3", "-c", "b = bytearray(600 * 1024 * 1024)"],
+        Limits(address_space=256 * 1024 * 1024, cpu_seconds=5, timeout=30),
+        None,
+    )
+    assert result.returncode != 0
+    assert b"MemoryError" in result.stderr
