@@ -40,6 +40,13 @@ DEFAULT_HTTP_DEADLINE = 6 * 3600.0  # seconds for a whole download
 DEFAULT_TASK_TTL_HOURS = 48  # hours a finished task is kept (Glance's task_time_to_live)
 DEFAULT_MAX_ATTEMPTS = 3  # deliveries of one import before a transient error fails it
 DEFAULT_PROGRESS_INTERVAL = 1.0  # seconds between two persisted progress updates
+DEFAULT_LEASE_TTL = 60.0  # seconds a job's lease lasts without a heartbeat
+DEFAULT_STALL_TIMEOUT = 600.0  # seconds without progress before a job is declared stalled
+DEFAULT_REAPER_INTERVAL = 15.0  # seconds between two reaper passes in a worker
+DEFAULT_SHUTDOWN_GRACE = 30.0  # seconds a worker may finish its stage after SIGTERM
+DEFAULT_HTTP_MAX_REDIRECTS = 5  # redirect hops web-download follows, each re-checked
+DEFAULT_S3_PART_SIZE = 64 * 1024 * 1024  # bytes per S3 multipart part
+DEFAULT_S3_CONCURRENCY = 4  # S3 parts uploaded in parallel
 
 DiskFormat = Literal[
     "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"
@@ -108,6 +115,13 @@ class Settings(BaseSettings):
     max_decompressed_bytes: int = Field(default=DEFAULT_MAX_DECOMPRESSED_BYTES, gt=0)
     max_virtual_size: int = Field(default=DEFAULT_MAX_VIRTUAL_SIZE, gt=0)
     allowed_disk_formats: tuple[str, ...] = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso")
+    allowed_vmdk_create_types: tuple[str, ...] = ("monolithicSparse", "streamOptimized")
+    web_download_schemes: tuple[str, ...] = ("http", "https")
+    web_download_ports: tuple[int, ...] = (80, 443)
+    #: CIDRs web-download may reach although they are not global unicast (e.g. 127.0.0.0/8 for
+    #: tests and development). Empty by default: only public addresses are allowed.
+    web_download_allowed_networks: tuple[str, ...] = ()
+    http_max_redirects: int = Field(default=DEFAULT_HTTP_MAX_REDIRECTS, ge=0, le=10)
     qemu_img_path: str = "qemu-img"
     qemu_timeout_seconds: float = Field(default=DEFAULT_QEMU_TIMEOUT, gt=0)
     qemu_info_timeout_seconds: float = Field(default=DEFAULT_QEMU_INFO_TIMEOUT, gt=0)
@@ -118,6 +132,12 @@ class Settings(BaseSettings):
     http_deadline_seconds: float = Field(default=DEFAULT_HTTP_DEADLINE, gt=0)
     task_ttl_hours: int = Field(default=DEFAULT_TASK_TTL_HOURS, gt=0)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    lease_ttl_seconds: float = Field(default=DEFAULT_LEASE_TTL, gt=0)
+    stall_timeout_seconds: float = Field(default=DEFAULT_STALL_TIMEOUT, gt=0)
+    reaper_interval_seconds: float = Field(default=DEFAULT_REAPER_INTERVAL, gt=0)
+    shutdown_grace_seconds: float = Field(default=DEFAULT_SHUTDOWN_GRACE, ge=0)
+    s3_part_size: int = Field(default=DEFAULT_S3_PART_SIZE, ge=5 * 1024 * 1024)
+    s3_max_concurrency: int = Field(default=DEFAULT_S3_CONCURRENCY, ge=1)
     progress_interval_seconds: float = Field(default=DEFAULT_PROGRESS_INTERVAL, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     log_json: bool = False
