@@ -45,6 +45,16 @@ def import_command(
     store: Annotated[
         list[str] | None, typer.Option("--store", help="Target store id (repeatable).")
     ] = None,
+    all_stores: Annotated[
+        bool, typer.Option("--all-stores", help="Import to every configured store.")
+    ] = False,
+    allow_failure: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failure",
+            help="Keep the image active if some stores fail (all_stores_must_succeed=false).",
+        ),
+    ] = False,
     checksum: Annotated[str | None, typer.Option(help="Expected MD5 of the source.")] = None,
     hash_spec: Annotated[
         str | None, typer.Option("--hash", help="Expected secure hash, ALGO:HEX.")
@@ -65,7 +75,8 @@ def import_command(
             disk_format=disk_format or _format_from_name(source),
             container_format=container_format,
             target_format=target_format or conf.target_format,
-            stores=tuple(store or ()),
+            stores=tuple(svc.stores) if all_stores else tuple(store or ()),
+            all_stores_must_succeed=not allow_failure,
             checksum=checksum,
         )
         submitted = submit_import(svc, request, name=name or _name_from(source))

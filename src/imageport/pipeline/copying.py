@@ -59,10 +59,11 @@ def target_store_ids(ctx: JobContext) -> list[str]:
 
 
 def _final_bytes(ctx: JobContext) -> tuple[Path, Digests | None]:
-    converted = ctx.outputs["convert"]
-    if converted.get("converted"):
-        return Path(converted["path"]), None
+    converted = ctx.outputs.get("convert", {})
     staged = ctx.outputs["stage"]
+    if converted.get("converted") or staged.get("compression"):
+        # The final bytes differ from the bytes received: hash them on the way.
+        return Path(converted.get("path") or staged["path"]), None
     known = Digests(
         md5=staged["md5"],
         algo=staged["hash_algo"],

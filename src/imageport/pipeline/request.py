@@ -11,7 +11,7 @@ from imageport.errors import InvalidRequest
 from imageport.pipeline.hashing import check_md5, parse_hash_spec
 
 #: Import methods: a path on the worker's host, an http(s) URL, or bytes already staged.
-Method = Literal["local-file", "web-download", "glance-direct"]
+Method = Literal["local-file", "web-download", "glance-direct", "copy-image"]
 
 
 class ImportRequest(BaseModel):

@@ -45,6 +45,18 @@ STAGES: tuple[ModuleType, ...] = (
     activation,
 )
 STAGE_NAMES = tuple(m.NAME for m in STAGES)
+
+
+def stages_for(request: ImportRequest) -> tuple[ModuleType, ...]:
+    """The stage modules an import method walks through."""
+    if request.method == "copy-image":
+        from imageport.pipeline import copy_image  # noqa: PLC0415 - only copy jobs need it
+
+        stages: tuple[ModuleType, ...] = copy_image.STAGES
+        return stages
+    return STAGES
+
+
 RETRY_BASE_DELAY = 2.0  # seconds before the first retry of a transient failure
 RETRY_MAX_DELAY = 300.0  # seconds; the backoff never waits longer than this
 
@@ -66,7 +78,7 @@ def run_import(services: Services, task_id: str) -> Outcome:
     bound = log.bind(task_id=task_id, image_id=ctx.image_id)
     stage_name = STAGE_NAMES[0]
     try:
-        for module in STAGES:
+        for module in stages_for(ctx.request):
             stage_name = module.NAME
             _run_stage(ctx, services, module)
     except PipelineError as exc:
