@@ -102,8 +102,8 @@ def throwaway_postgres():
 
 def _unavailable(reason: str):
     if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL is required in CI: {reason}")
-    pytest.skip(f"PostgreSQL unavailable: {reason}")
+        pytest.fail(f"a required service is missing in CI: {reason}")
+    pytest.skip(f"service unavailable: {reason}")
 
 
 @pytest.fixture(scope="session")
@@ -165,3 +165,78 @@ def database(empty_database):
     """A ``Database`` migrated to the newest revision, with no rows."""
     empty_database.upgrade()
     return empty_database
+
+
+# Redis for the distributed mode
+
+
+@contextlib.contextmanager
+def _throwaway_redis():
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="imageport-redis-") as workdir:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no", "--dir", workdir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            for _ in range(100):
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
+                proc.poll()
+                if proc.returncode is not None:
+                    break
+                import time  # noqa: PLC0415
+
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis  # noqa: PLC0415
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server_url():
+    """A Redis URL: IMAGEPORT_TEST_REDIS_URL, else a throwaway redis-server on a free port."""
+    url = os.environ.get("IMAGEPORT_TEST_REDIS_URL")
+    if url:
+        if not _redis_answers(url):
+            _unavailable(f"IMAGEPORT_TEST_REDIS_URL={url} does not answer")
+        yield url
+        return
+    with _throwaway_redis() as started:
+        if started is None or not _redis_answers(started):
+            _unavailable("no Redis: install redis-server or set IMAGEPORT_TEST_REDIS_URL")
+        yield started
+
+
+@pytest.fixture
+def redis_url(redis_server_url):
+    """The session's Redis with an empty database."""
+    import redis  # noqa: PLC0415
+
+    redis.Redis.from_url(redis_server_url).flushdb()
+    return redis_server_url
+
+
+@pytest.fixture
+def postgres_empty_url(postgres_url):
+    """The session's PostgreSQL database with an empty schema."""
+    with psycopg.connect(_conninfo(postgres_url), autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return postgres_url

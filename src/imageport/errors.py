@@ -8,19 +8,24 @@ that says what to do about it::
     │   ├── SourceUnavailable         the source could not be reached (network, 5xx)
     │   ├── QemuTimeout               qemu-img ran past its wall-clock limit
     │   ├── StoreUnavailable          a store could not be written or read right now
-    │   └── NoSpace                   not enough free space where the bytes would land
+    │   ├── NoSpace                   not enough free space where the bytes would land
+    │   └── Stalled                   no progress for the stall timeout
     ├── PermanentError                fail now: retrying the same request cannot succeed
     │   ├── InvalidRequest            the request itself is wrong (bad format name, bad hash)
     │   ├── SourceNotFound            the source does not exist (missing file, HTTP 4xx)
     │   ├── SizeLimitExceeded         more bytes than the configured caps allow
     │   ├── HashMismatch              the bytes do not match the checksum the user gave
     │   ├── UnsafeImage               the image failed inspection (format, safety checks)
-    │   └── ConversionFailed          qemu-img could not convert or describe the image
+    │   ├── ConversionFailed          qemu-img could not convert or describe the image
+    │   └── Cancelled                 an administrator cancelled the import
     ├── NotFound                      an image or task id that does not exist
     ├── StateError                    a status change that the state machine refuses
     │   ├── IllegalTransition         the transition is not in the state machine at all
     │   └── StateConflict             the record moved on under us (compare-and-set lost)
     └── ConfigurationError            the settings are unusable (unknown store, bad URL)
+
+    JobInterrupted (BaseException)    a signal to stop the running job (cancel, lease lost,
+                                      shutdown, stall); never an import failure by itself
 """
 
 from __future__ import annotations
@@ -117,6 +122,18 @@ class ConversionFailed(PermanentError):
     code = "conversion_failed"
 
 
+class Stalled(TransientError):
+    """A job made no progress for the stall timeout; it is retried."""
+
+    code = "stalled"
+
+
+class Cancelled(PermanentError):
+    """An administrator cancelled the import."""
+
+    code = "cancelled"
+
+
 class NotFound(PipelineError):
     """An image or task id that does not exist."""
 
@@ -145,3 +162,21 @@ class ConfigurationError(PipelineError):
     """The settings cannot work (unknown store kind, default store missing, bad URL)."""
 
     code = "configuration_error"
+
+
+class JobInterrupted(BaseException):
+    """The running job must stop now: cancelled, lease lost, worker shutting down, or stalled.
+
+    A control-flow signal, not a failure of the import, so it derives from ``BaseException``:
+    an ``except Exception`` anywhere in a stage must not swallow it. The runner decides what
+    each reason means for the records.
+    """
+
+    CANCELLED = "cancelled"
+    LEASE_LOST = "lease_lost"
+    SHUTDOWN = "shutdown"
+    STALLED = "stalled"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

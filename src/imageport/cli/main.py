@@ -7,9 +7,18 @@ from typing import Annotated
 
 import typer
 
+from imageport.cli.admin import (
+    cancel_command,
+    reap_command,
+    retry_command,
+    watch_command,
+    worker_command,
+)
 from imageport.cli.common import EXIT_FAILED, errors_to_exit, print_json, services, settings
+from imageport.cli.copy_cmd import copy_command
 from imageport.cli.imports import import_command
 from imageport.cli.show import images_app, tasks_app
+from imageport.cli.stores_cmd import stores_app
 from imageport.pipeline.check import check_file
 from imageport.pipeline.context import Services
 
@@ -23,6 +32,13 @@ app.command("import")(import_command)
 app.add_typer(images_app, name="images")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(db_app, name="db")
+app.command("copy")(copy_command)
+app.add_typer(stores_app, name="stores")
+app.command("worker")(worker_command)
+app.command("watch")(watch_command)
+app.command("cancel")(cancel_command)
+app.command("retry")(retry_command)
+app.command("reap")(reap_command)
 
 
 @app.command("inspect")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 
 from imageport.config import Settings
+from imageport.pipeline.pinning import PinnedTransport
 from imageport.pipeline.qemu import Limits, QemuImg
 from imageport.pipeline.request import ImportRequest
+from imageport.pipeline.urlpolicy import Resolver, UrlPolicy, system_resolver
 from imageport.records import Database
 from imageport.stores import Store, build_stores
 
@@ -29,6 +34,8 @@ class Services:
     stores: dict[str, Store]
     qemu: QemuImg
     http: httpx.Client
+    #: Monotonic time after which running jobs must checkpoint and stop (set on SIGTERM).
+    shutdown_at: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, db: Database | None = None) -> Services:
@@ -60,15 +67,38 @@ class Services:
         self.db.dispose()
 
 
-def build_http_client(settings: Settings) -> httpx.Client:
-    """The client web-download uses: no proxies from the environment, no content decoding."""
+def build_http_client(
+    settings: Settings,
+    *,
+    resolver: Resolver = system_resolver,
+    ssl_context: ssl.SSLContext | None = None,
+    network_backend: httpcore.NetworkBackend | None = None,
+) -> httpx.Client:
+    """The client web-download uses: SSRF-checked and address-pinned, no proxies, no decoding.
+
+    Args:
+        settings: ``web_download_*`` allow-lists, ``http_*`` timeouts and deadline.
+        resolver: name resolution for the URL check (tests pass a stub).
+        ssl_context: TLS trust (tests pass one trusting their own certificate).
+        network_backend: where sockets come from (tests record connect targets).
+    """
+    transport = PinnedTransport(
+        UrlPolicy.from_settings(settings),
+        resolver=resolver,
+        ssl_context=ssl_context,
+        network_backend=network_backend,
+        default_deadline=settings.http_deadline_seconds,
+    )
     return httpx.Client(
+        transport=transport,  # every request is vetted and pinned there, redirects included
         timeout=httpx.Timeout(
             settings.http_read_timeout, connect=settings.http_connect_timeout, pool=10.0
         ),
         follow_redirects=False,  # redirects are followed by hand so each hop is checked
         trust_env=False,  # never pick up proxies or netrc from the worker's environment
         headers={"Accept-Encoding": "identity", "User-Agent": "imageport"},
+        # The client is shared by every job of a worker: keep no cookies from one to the next.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
 
 

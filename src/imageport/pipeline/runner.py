@@ -9,7 +9,10 @@ back in ``queued`` and no staged or partial data left behind.
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from imageport.errors import PipelineError, TransientError
+from imageport.errors import Cancelled, JobInterrupted, PipelineError, Stalled, TransientError
 from imageport.pipeline import (
     activation,
     conversion,
@@ -29,8 +32,10 @@ from imageport.pipeline import (
 )
 from imageport.pipeline.activation import FAILED_IMPORT, IMPORTING_TO_STORES, remove_work_dirs
 from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.heartbeat import Heartbeat
 from imageport.pipeline.request import ImportRequest
-from imageport.records import ImageStatus, StageStatus, TaskStatus, repository
+from imageport.records import ImageStatus, StageStatus, TaskStatus, leases, repository
+from imageport.workers import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -66,29 +71,108 @@ class Outcome:
     """How one delivery of a job ended."""
 
     status: TaskStatus
-    retry_in: float | None = None  # seconds, when a transient failure will be retried
+    retry_in: float | None = None  # seconds, when the job must be queued again
+    dropped: bool = False  # True when another worker holds the job (or took it over)
 
 
-def run_import(services: Services, task_id: str) -> Outcome:
-    """Run (or continue) the import task ``task_id``; safe to call twice for the same task."""
+def default_owner() -> str:
+    """This worker thread's lease owner name: host, process and thread."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def run_import(services: Services, task_id: str, *, owner: str | None = None) -> Outcome:
+    """Run (or continue) the import task ``task_id``; safe to deliver any number of times.
+
+    The job runs only under the task's lease: a delivery while another worker holds a live
+    lease is dropped. A finished task is left alone.
+    """
+    owner = owner or default_owner()
+    with services.db.session() as session:
+        acquired = leases.acquire(session, task_id, owner, services.settings.lease_ttl_seconds)
+        status = TaskStatus(repository.get_task(session, task_id).status)
+    if not acquired.ok:
+        finished = status in (TaskStatus.SUCCESS, TaskStatus.FAILURE)
+        log.info("delivery dropped", task_id=task_id, holder=acquired.holder, status=status)
+        return Outcome(status, dropped=not finished)
+    if acquired.takeover:
+        metrics.TAKEOVERS.inc()
+        log.info("lease taken over", task_id=task_id)
+    outcome: Outcome | None = None
+    try:
+        outcome = _run_leased(services, task_id, owner)
+        return outcome  # noqa: RET504 - the finally clause reads it
+    finally:
+        if outcome is None or not outcome.dropped:  # a lost lease is not ours to release
+            with services.db.session() as session:
+                # A scheduled retry keeps a "not before" time, so the reaper waits for it.
+                not_before = (
+                    None if outcome is None or outcome.retry_in is None else outcome.retry_in
+                )
+                leases.release(session, task_id, owner, not_before=not_before)
+
+
+def _run_leased(services: Services, task_id: str, owner: str) -> Outcome:
     ctx = _begin(services, task_id)
     if ctx is None:
         with services.db.session() as session:
             return Outcome(TaskStatus(repository.get_task(session, task_id).status))
-    bound = log.bind(task_id=task_id, image_id=ctx.image_id)
+    structlog.contextvars.bind_contextvars(task_id=task_id, image_id=ctx.image_id)
+    started = time.monotonic()
+    metrics.IN_FLIGHT.inc()
+    try:
+        outcome = _walk(ctx, services, owner)
+    finally:
+        metrics.IN_FLIGHT.dec()
+        structlog.contextvars.unbind_contextvars("task_id", "image_id", "stage")
+    log.info(
+        "job summary",
+        task_id=task_id,
+        image_id=ctx.image_id,
+        outcome=outcome.status,
+        retry_in=outcome.retry_in,
+        dropped=outcome.dropped,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return outcome
+
+
+def _walk(ctx: JobContext, services: Services, owner: str) -> Outcome:
     stage_name = STAGE_NAMES[0]
     try:
-        for module in stages_for(ctx.request):
-            stage_name = module.NAME
-            _run_stage(ctx, services, module)
+        with Heartbeat(services, ctx.task_id, owner) as heartbeat:
+            heartbeat.check()  # cancelled while queued: stop before touching any byte
+            rerun = False
+            for module in stages_for(ctx.request):
+                stage_name = module.NAME
+                structlog.contextvars.bind_contextvars(stage=stage_name)
+                rerun = _run_stage(ctx, services, module, heartbeat, force=rerun)
+    except JobInterrupted as stop:
+        return _interrupted(ctx, services, stage_name, stop)
     except PipelineError as exc:
         return _handle_failure(ctx, services, stage_name, exc)
-    except Exception as exc:  # noqa: BLE001 - a bug must still end in a recorded state
-        bound.exception("stage crashed", stage=stage_name)
+    except Exception as exc:
+        log.exception("stage crashed", stage=stage_name)
         wrapped = PipelineError(f"internal error in stage {stage_name}: {exc!r}")
         return _handle_failure(ctx, services, stage_name, wrapped)
-    bound.info("import finished", outcome="success")
+    metrics.IMPORTS.labels(outcome="success", code="").inc()
     return Outcome(TaskStatus.SUCCESS)
+
+
+def context_of(services: Services, task_id: str) -> JobContext:
+    """The job context of a task as recorded, without changing anything (admin and reaper)."""
+    with services.db.session() as session:
+        task = repository.get_task(session, task_id)
+        assert task.image_id is not None  # noqa: S101 - import tasks always have an image
+        ctx = JobContext(
+            task_id=task_id,
+            image_id=task.image_id,
+            request=ImportRequest.model_validate(task.input["request"]),
+            settings=services.settings,
+        )
+        for name, run in repository.latest_stage_runs(session, task_id).items():
+            if run.status in (StageStatus.DONE, StageStatus.SKIPPED) and run.output is not None:
+                ctx.outputs[name] = dict(run.output)
+    return ctx
 
 
 def _begin(services: Services, task_id: str) -> JobContext | None:
@@ -107,28 +191,45 @@ def _begin(services: Services, task_id: str) -> JobContext | None:
         ctx = JobContext(
             task_id=task_id, image_id=task.image_id, request=request, settings=services.settings
         )
+        names = [m.NAME for m in stages_for(request)]
+        # An admin retry --from-stage S re-runs S and everything after it.
+        keep = names[: names.index(task.restart_stage)] if task.restart_stage in names else names
+        task.restart_stage = None
         for name, run in repository.latest_stage_runs(session, task_id).items():
-            if run.status in (StageStatus.DONE, StageStatus.SKIPPED) and run.output is not None:
+            reusable = run.status in (StageStatus.DONE, StageStatus.SKIPPED)
+            if reusable and run.output is not None and name in keep:
                 ctx.outputs[name] = dict(run.output)
     return ctx
 
 
-def _run_stage(ctx: JobContext, services: Services, module: ModuleType) -> None:
+def _run_stage(
+    ctx: JobContext, services: Services, module: ModuleType, heartbeat: Heartbeat, *, force: bool
+) -> bool:
+    """Run one stage unless its durable output can be reused; True if it ran.
+
+    Once a stage runs again, every later stage runs again too (``force``): their outputs were
+    computed from bytes that may differ now.
+    """
     name: str = module.NAME
     previous = ctx.outputs.get(name)
     still_valid: Callable[[JobContext, dict[str, Any]], bool] | None = getattr(
         module, "still_valid", None
     )
-    if previous is not None and (still_valid is None or still_valid(ctx, previous)):
-        return  # durable output exists: this stage is already done
+    if not force and previous is not None and (still_valid is None or still_valid(ctx, previous)):
+        return False  # durable output exists: this stage is already done
     ctx.outputs.pop(name, None)
     with services.db.session() as session:
         run_id = repository.start_stage_run(session, ctx.task_id, name).id
-    writer = _ProgressWriter(services, run_id)
+    writer = _ProgressWriter(services, run_id, heartbeat)
     ctx.progress = writer
     started = time.monotonic()
     try:
         output: dict[str, Any] = module.run(ctx, services)
+    except JobInterrupted as stop:
+        if stop.reason != JobInterrupted.LEASE_LOST:  # the new holder owns the records now
+            writer.flush()
+            _finish(services, run_id, StageStatus.FAILED, None, PipelineError(stop.reason))
+        raise
     except PipelineError as exc:
         writer.flush()
         _finish(services, run_id, StageStatus.FAILED, None, exc)
@@ -137,11 +238,17 @@ def _run_stage(ctx: JobContext, services: Services, module: ModuleType) -> None:
         writer.flush()
         _finish(services, run_id, StageStatus.FAILED, None, PipelineError(repr(exc)))
         raise
+    heartbeat.check()  # a job that lost its lease must not record a result
     status = StageStatus.SKIPPED if output.get("skipped") else StageStatus.DONE
     ctx.outputs[name] = output
     writer.flush()
     _finish(services, run_id, status, output, None)
-    log.info("stage finished", stage=name, status=status, seconds=time.monotonic() - started)
+    seconds = time.monotonic() - started
+    metrics.STAGE_SECONDS.labels(stage=name).observe(seconds)
+    if writer.done:
+        metrics.BYTES.labels(stage=name).inc(writer.done)
+    log.info("stage finished", stage=name, status=status, seconds=round(seconds, 3))
+    return True
 
 
 def _finish(
@@ -165,15 +272,23 @@ def _finish(
 class _ProgressWriter:
     """Persists a stage's bytes done at most once per progress interval, and on flush."""
 
-    def __init__(self, services: Services, run_id: int) -> None:
+    def __init__(self, services: Services, run_id: int, heartbeat: Heartbeat) -> None:
         self._services = services
+        self._heartbeat = heartbeat
         self._run_id = run_id
         self._interval = services.settings.progress_interval_seconds
         self._last = 0.0
         self._state: tuple[int, int | None] | None = None
         self._written: tuple[int, int | None] | None = None
 
+    @property
+    def done(self) -> int:
+        """Bytes done so far."""
+        return self._state[0] if self._state else 0
+
     def __call__(self, done: int, total: int | None) -> bool:
+        # Raises JobInterrupted when the job must stop: every stage's loop passes through here.
+        self._heartbeat.beat()
         self._state = (done, total)
         now = time.monotonic()
         if now - self._last >= self._interval:
@@ -198,6 +313,7 @@ def _handle_failure(ctx: JobContext, services: Services, stage: str, exc: Pipeli
         attempts = repository.get_task(session, ctx.task_id).attempts
     if isinstance(exc, TransientError) and attempts < services.settings.max_attempts:
         delay = _backoff(attempts)
+        metrics.RETRIES.inc()
         with services.db.session() as session:
             repository.set_task_status(
                 session,
@@ -214,6 +330,31 @@ def _handle_failure(ctx: JobContext, services: Services, stage: str, exc: Pipeli
     return Outcome(TaskStatus.FAILURE)
 
 
+def _interrupted(ctx: JobContext, services: Services, stage: str, stop: JobInterrupted) -> Outcome:
+    """Record what an interruption means: cancel fails, shutdown requeues, stall retries."""
+    if stop.reason == JobInterrupted.LEASE_LOST:
+        log.warning("lease lost; leaving the job to its new holder", stage=stage)
+        return Outcome(TaskStatus.PROCESSING, dropped=True)
+    if stop.reason == JobInterrupted.CANCELLED:
+        fail_import(ctx, services, stage, Cancelled("the import was cancelled by an administrator"))
+        return Outcome(TaskStatus.FAILURE)
+    if stop.reason == JobInterrupted.STALLED:
+        stalled = Stalled(
+            f"no progress for {services.settings.stall_timeout_seconds:.0f}s in stage {stage}"
+        )
+        return _handle_failure(ctx, services, stage, stalled)
+    # Shutdown: the finished stages are durable; the next worker continues from here.
+    with services.db.session() as session:
+        repository.set_task_status(
+            session,
+            ctx.task_id,
+            expected=TaskStatus.PROCESSING,
+            new=TaskStatus.PENDING,
+            message=f"worker shut down during stage {stage}; requeued",
+        )
+    return Outcome(TaskStatus.PENDING, retry_in=0.0)
+
+
 def _backoff(attempt: int) -> float:
     """Exponential backoff with full jitter, capped."""
     ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (attempt - 1))
@@ -228,6 +369,7 @@ def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineEr
         store = services.stores.get(store_id)
         if store is not None:
             store.discard_partial(ctx.image_id)
+    metrics.IMPORTS.labels(outcome="failure", code=exc.code).inc()
     with services.db.session() as session:
         image = repository.get_image(session, ctx.image_id)
         copied = ctx.outputs.get("copy")

@@ -185,8 +185,10 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     #: The worker holding the task, and until when; renewed by its heartbeat.
     lease_owner: Mapped[str | None] = mapped_column(String(255))
-    lease_expires_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    #: Set by ``imageport retry --from-stage``: the runner re-runs this stage and all after it.
+    restart_stage: Mapped[str | None] = mapped_column(String(32))
 
     image: Mapped[Image | None] = relationship(viewonly=True)
     stage_runs: Mapped[list[StageRun]] = relationship(

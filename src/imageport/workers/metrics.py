@@ -1,0 +1,29 @@
+"""Prometheus metrics of the workers.
+
+With ``imageport worker --metrics-port`` the worker processes write their samples to
+``PROMETHEUS_MULTIPROC_DIR`` (set by the supervising process before it starts them) and the
+supervisor serves the sum of all of them on one port, so one endpoint covers the process group.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+IMPORTS = Counter(
+    "imageport_imports_total", "Finished import jobs by outcome and error code", ["outcome", "code"]
+)
+STAGE_SECONDS = Histogram(
+    "imageport_stage_duration_seconds",
+    "Time spent in each stage",
+    ["stage"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+BYTES = Counter("imageport_bytes_processed_total", "Bytes moved by each stage", ["stage"])
+RETRIES = Counter("imageport_retries_total", "Transient failures scheduled for another attempt")
+IN_FLIGHT = Gauge(
+    "imageport_jobs_in_flight", "Import jobs running now", multiprocess_mode="livesum"
+)
+TAKEOVERS = Counter(
+    "imageport_lease_takeovers_total", "Jobs taken over from a worker whose lease expired"
+)
+REAPED = Counter("imageport_reaped_total", "Jobs the reaper requeued or failed", ["action"])

@@ -1,0 +1,76 @@
+"""One worker process: dramatiq worker threads over imageport's actors, a reaper, SIGTERM.
+
+Everything that holds connections (database engine, HTTP client, store clients, broker) is
+created here, inside the process, after it was started: nothing is inherited across fork.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+import dramatiq
+import structlog
+
+from imageport.config import load_settings
+from imageport.logging import configure_logging
+from imageport.pipeline.context import Services
+from imageport.workers.actors import IMPORT_QUEUE, declare_actors
+from imageport.workers.broker import build_broker
+from imageport.workers.reaper import reap
+
+log = structlog.get_logger(__name__)
+WORKER_TIMEOUT_MS = 100  # idle wait for a message; dramatiq's default (1 s) delays pickup
+EXTRA_STOP_SECONDS = 5.0  # beyond the grace period, for jobs to record their checkpoint
+
+
+def run_worker_process(threads: int, queues: Sequence[str]) -> int:
+    """Run until SIGTERM/SIGINT, then stop taking jobs, checkpoint within the grace, exit 0."""
+    settings = load_settings()
+    configure_logging(settings)
+    services = Services.from_settings(settings)
+    broker = build_broker(settings)
+    actors = declare_actors(broker, lambda: services)
+    worker = dramatiq.Worker(
+        broker,
+        queues=set(queues or [IMPORT_QUEUE]),
+        worker_threads=threads,
+        worker_timeout=WORKER_TIMEOUT_MS,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("worker stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    reaper = threading.Thread(
+        target=_reap_forever, args=(services, actors.enqueue_import, stop), daemon=True
+    )
+    worker.start()
+    reaper.start()
+    log.info("worker started", threads=threads, queues=sorted(queues or [IMPORT_QUEUE]))
+    stop.wait()
+    grace = settings.shutdown_grace_seconds
+    # Jobs still running when the grace period ends checkpoint (their heartbeat sees this).
+    services.shutdown_at = time.monotonic() + grace
+    worker.stop(timeout=int((grace + EXTRA_STOP_SECONDS) * 1000))
+    broker.close()
+    services.close()
+    log.info("worker stopped")
+    return 0
+
+
+def _reap_forever(
+    services: Services, enqueue: Callable[[str], None], stop: threading.Event
+) -> None:
+    interval = services.settings.reaper_interval_seconds
+    while not stop.wait(interval):
+        try:
+            reap(services, enqueue)
+        except Exception:
+            log.exception("reaper pass failed")

@@ -1,0 +1,115 @@
+"""The reaper: no import is left stuck. Runs in every worker, and as ``imageport reap``.
+
+* A processing task whose lease expired lost its worker (killed, OOM, host gone, hung): it is
+  put back to pending and queued again — or failed, with everything it wrote removed, once it
+  used up ``max_attempts``.
+* A pending task nobody holds that has waited longer than a lease may have lost its queue
+  message (a broker restarted without persistence): its message is sent again. Duplicates are
+  harmless: a live lease drops them, a finished task ignores them.
+
+Several reapers may run at once: every change is a compare-and-set, so one wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+
+from imageport.errors import PipelineError, StateError, TransientError
+from imageport.pipeline.context import Services
+from imageport.pipeline.runner import context_of, fail_import
+from imageport.records import TaskStatus, leases, repository
+from imageport.records.base import utcnow
+from imageport.workers import metrics
+
+log = structlog.get_logger(__name__)
+REAPER_OWNER = "reaper"
+
+
+class LeaseExpired(TransientError):
+    """The worker running the import stopped renewing its lease."""
+
+    code = "lease_expired"
+
+
+@dataclass
+class ReapReport:
+    """What one reaper pass did, by task id."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """The report as JSON-ready lists."""
+        return {"requeued": self.requeued, "failed": self.failed, "resent": self.resent}
+
+
+def reap(services: Services, enqueue: Callable[[str], None]) -> ReapReport:
+    """One pass: requeue or fail expired jobs, resend stale pending ones."""
+    report = ReapReport()
+    now = utcnow()
+    with services.db.session() as session:
+        expired = [(t.id, t.attempts, t.lease_owner) for t in leases.expired(session, now)]
+        stale_before = now - timedelta(seconds=services.settings.lease_ttl_seconds)
+        stale = [t.id for t in leases.stale_pending(session, stale_before)]
+    for task_id, attempts, owner in expired:
+        try:
+            if attempts >= services.settings.max_attempts:
+                _fail(services, task_id, owner)
+                report.failed.append(task_id)
+            else:
+                _requeue(services, task_id, owner)
+                enqueue(task_id)
+                report.requeued.append(task_id)
+        except StateError:
+            continue  # another reaper or a worker got there first
+    for task_id in stale:
+        enqueue(task_id)
+        report.resent.append(task_id)
+    for action, ids in report.as_dict().items():
+        if ids:
+            metrics.REAPED.labels(action=action).inc(len(ids))
+            log.info("reaper pass", action=action, tasks=ids)
+    return report
+
+
+def _requeue(services: Services, task_id: str, owner: str | None) -> None:
+    with services.db.session() as session:
+        repository.set_task_status(
+            session,
+            task_id,
+            expected=TaskStatus.PROCESSING,
+            new=TaskStatus.PENDING,
+            message=f"worker {owner or 'unknown'} stopped renewing its lease; requeued",
+            error_code=LeaseExpired.code,
+        )
+        if owner is not None:
+            leases.release(session, task_id, owner)
+
+
+def _fail(services: Services, task_id: str, owner: str | None) -> None:
+    with services.db.session() as session:
+        if not leases.acquire(
+            session, task_id, REAPER_OWNER, services.settings.lease_ttl_seconds
+        ).ok:
+            raise StateError(f"task {task_id} was taken by another worker")
+    try:
+        ctx = context_of(services, task_id)
+        error: PipelineError = LeaseExpired(
+            f"worker {owner or 'unknown'} stopped renewing its lease and the attempts "
+            f"({services.settings.max_attempts}) are used up; retry with 'imageport retry'"
+        )
+        fail_import(ctx, services, _last_stage(services, task_id), error)
+    finally:
+        with services.db.session() as session:
+            leases.release(session, task_id, REAPER_OWNER)
+
+
+def _last_stage(services: Services, task_id: str) -> str:
+    with services.db.session() as session:
+        runs = repository.stage_runs(session, task_id)
+    return runs[-1].stage if runs else "stage"

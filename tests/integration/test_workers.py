@@ -1,0 +1,282 @@
+"""Distributed mode against real processes: Redis, PostgreSQL, `imageport worker` groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from images import MIB, file_digests, leftover_files, make_qcow2, stored_path
+from workers_support import SlowHandler, Worker, cli, cli_json, serve, wait_for
+
+from imageport.records import Database, leases, repository
+from imageport.records.base import utcnow
+
+
+@pytest.fixture
+def dist_env(tmp_path, redis_url, postgres_empty_url):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPORT_")}
+    env = {
+        **base,
+        "IMAGEPORT_DATA_DIR": str(tmp_path / "data"),
+        "IMAGEPORT_DATABASE_URL": postgres_empty_url,
+        "IMAGEPORT_BROKER_URL": redis_url,
+        "IMAGEPORT_LEASE_TTL_SECONDS": "3",
+        "IMAGEPORT_REAPER_INTERVAL_SECONDS": "1",
+        "IMAGEPORT_PROGRESS_INTERVAL_SECONDS": "0.1",
+        "IMAGEPORT_SHUTDOWN_GRACE_SECONDS": "1",
+        "IMAGEPORT_MAX_ATTEMPTS": "3",
+        "IMAGEPORT_WEB_DOWNLOAD_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        "IMAGEPORT_LOG_LEVEL": "info",
+        "IMAGEPORT_LOG_JSON": "true",
+    }
+    cli(env, "db", "upgrade")
+    return env
+
+
+@pytest.fixture
+def db(dist_env):
+    database = Database(dist_env["IMAGEPORT_DATABASE_URL"])
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def workers(dist_env, tmp_path):
+    started: list[Worker] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Worker:
+        worker = Worker(env or dist_env, tmp_path / f"worker-{len(started)}.log", *args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def slow_source(tmp_path, dist_env):
+    src = make_qcow2(tmp_path / "slow.qcow2", virtual=64 * MIB, data=6 * MIB)
+    SlowHandler.body = src.read_bytes()
+    SlowHandler.rate = 1 * MIB  # a few seconds of download: time to kill, cancel, stop
+    server, base = serve(SlowHandler)
+    dist_env["IMAGEPORT_WEB_DOWNLOAD_PORTS"] = json.dumps([80, 443, server.server_port])
+    yield src, f"{base}/slow.qcow2"
+    server.shutdown()
+
+
+def _task(db, task_id):
+    with db.session() as session:
+        task = repository.get_task(session, task_id)
+        runs = [(r.stage, r.attempt, r.status) for r in repository.stage_runs(session, task_id)]
+        return task.status, task.error_code, task.attempts, task.message, runs
+
+
+def _image(env, image_id):
+    return cli_json(env, "images", "show", image_id)
+
+
+def _submit(env, source, *extra):
+    return cli_json(env, "import", str(source), "--no-wait", *extra)
+
+
+def _stage_running(db, task_id, stage):
+    with db.session() as session:
+        run = repository.latest_stage_runs(session, task_id).get(stage)
+        return run is not None and run.status == "running" and run.bytes_done > 0
+
+
+def _assert_clean(env, images):
+    data = os.path.join(env["IMAGEPORT_DATA_DIR"])
+    from pathlib import Path  # noqa: PLC0415
+
+    assert leftover_files(Path(data) / "staging") == []
+    assert leftover_files(Path(data) / "scratch") == []
+    stored = {p.name for p in leftover_files(Path(data) / "images")}
+    assert stored == {i["id"] for i in images if i["status"] == "active"}
+
+
+def test_imports_run_on_worker_processes(dist_env, db, workers, tmp_path):
+    workers("--processes", "2")
+    sources = [
+        make_qcow2(tmp_path / f"d{i}.qcow2", virtual=(8 + 4 * i) * MIB, data=MIB, seed=i)
+        for i in range(6)
+    ]
+    submitted = [
+        _submit(dist_env, src, *(["--target-format", "raw"] if i % 2 else []))
+        for i, src in enumerate(sources)
+    ]
+    assert all(set(s) == {"image_id", "task_id"} for s in submitted)
+    for s in submitted:
+        wait_for(lambda s=s: _task(db, s["task_id"])[0] == "success", 60, "import success")
+    images = [_image(dist_env, s["image_id"]) for s in submitted]
+    for image in images:
+        assert image["status"] == "active"
+        path = stored_path(image["locations"][0]["url"])
+        assert (image["checksum"], image["os_hash_value"]) == file_digests(path)
+    _assert_clean(dist_env, images)
+
+
+def test_killed_worker_job_is_taken_over_after_the_lease_expires(
+    dist_env, db, workers, slow_source
+):
+    src, url = slow_source
+    first = workers()
+    ids = _submit(dist_env, url, "--disk-format", "qcow2", "--target-format", "raw")
+    wait_for(lambda: _stage_running(db, ids["task_id"], "stage"), 30, "staging to start")
+    first.kill9()
+    assert _task(db, ids["task_id"])[0] == "processing"  # stuck, until someone takes over
+
+    workers()
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "success", 90, "takeover to finish")
+    status, _, attempts, _, runs = _task(db, ids["task_id"])
+    assert attempts == 2
+    assert ("stage", 1, "running") in runs  # the dead worker's attempt, never finished
+    assert ("stage", 2, "done") in runs
+    image = _image(dist_env, ids["image_id"])
+    md5, sha512 = file_digests(stored_path(image["locations"][0]["url"]))
+    assert (image["checksum"], image["os_hash_value"]) == (md5, sha512)
+    _assert_clean(dist_env, [image])
+
+
+def test_cancel_stops_a_running_import_and_removes_its_data(dist_env, db, workers, slow_source):
+    _, url = slow_source
+    workers()
+    ids = _submit(dist_env, url, "--disk-format", "qcow2")
+    wait_for(lambda: _stage_running(db, ids["task_id"], "stage"), 30, "staging to start")
+
+    proc = cli(dist_env, "cancel", ids["task_id"])
+
+    assert "failure" in proc.stdout
+    status, code, _, message, _ = _task(db, ids["task_id"])
+    assert (status, code) == ("failure", "cancelled")
+    assert "cancelled" in message
+    image = _image(dist_env, ids["image_id"])
+    assert image["status"] == "queued"
+    _assert_clean(dist_env, [image])
+
+
+def test_cancel_of_a_queued_import_needs_no_worker(dist_env, db, tmp_path):
+    ids = _submit(dist_env, make_qcow2(tmp_path / "q.qcow2"))
+    cli(dist_env, "cancel", ids["task_id"])
+    assert _task(db, ids["task_id"])[:2] == ("failure", "cancelled")
+    assert _image(dist_env, ids["image_id"])["status"] == "queued"
+
+
+def test_sigterm_checkpoints_exits_zero_and_another_worker_finishes(
+    dist_env, db, workers, slow_source
+):
+    _, url = slow_source
+    SlowHandler.rate = MIB // 2  # slower than the grace period
+    first = workers()
+    ids = _submit(dist_env, url, "--disk-format", "qcow2")
+    wait_for(lambda: _stage_running(db, ids["task_id"], "stage"), 30, "staging to start")
+
+    assert first.terminate(timeout=30) == 0
+    status, _, _, message, runs = _task(db, ids["task_id"])
+    assert status == "pending"
+    assert "shut down" in message
+    assert runs[-1][2] == "failed"
+    with db.session() as session:
+        assert repository.get_task(session, ids["task_id"]).lease_owner is None
+
+    SlowHandler.rate = 8 * MIB
+    workers()
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "success", 60, "the requeued job")
+
+
+def test_reaper_requeues_an_expired_lease_then_fails_when_attempts_are_used(
+    dist_env, db, workers, tmp_path
+):
+    ids = _submit(dist_env, make_qcow2(tmp_path / "r.qcow2"))
+    # A worker that took the job and died: processing, lease expired long ago.
+    with db.session() as session:
+        assert leases.acquire(session, ids["task_id"], "ghost", 0.001).ok
+        repository.set_task_status(session, ids["task_id"], expected="pending", new="processing")
+    report = cli_json(dist_env, "reap")
+    assert report["requeued"] == [ids["task_id"]]
+    status, code, *_ = _task(db, ids["task_id"])
+    assert (status, code) == ("pending", "lease_expired")
+
+    worker = workers()
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "success", 60, "the requeued job")
+    assert worker.terminate() == 0
+
+    again = _submit(dist_env, make_qcow2(tmp_path / "r2.qcow2", seed=9))
+    with db.session() as session:
+        assert leases.acquire(session, again["task_id"], "ghost", 0.001).ok
+        task = repository.get_task(session, again["task_id"])
+        task.attempts = 3
+        repository.set_task_status(session, again["task_id"], expected="pending", new="processing")
+    report = cli_json(dist_env, "reap")
+    assert report["failed"] == [again["task_id"]]  # attempts used up: failed, cleaned up
+    assert _task(db, again["task_id"])[:2] == ("failure", "lease_expired")
+    assert _image(dist_env, again["image_id"])["status"] == "queued"
+
+
+def test_lost_queue_messages_are_resent(dist_env, db, workers, tmp_path, redis_url):
+    import redis  # noqa: PLC0415
+
+    ids = _submit(dist_env, make_qcow2(tmp_path / "lost.qcow2"))
+    redis.Redis.from_url(redis_url).flushdb()  # a Redis restart without persistence
+    with db.session() as session:
+        task = repository.get_task(session, ids["task_id"])
+        task.updated_at = utcnow().replace(year=2000)
+    workers()
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "success", 60, "the resent job")
+
+
+def test_retry_from_stage_reruns_a_failed_import(dist_env, db, workers, tmp_path):
+    src = make_qcow2(tmp_path / "t.qcow2")
+    env = {**dist_env, "IMAGEPORT_QEMU_TIMEOUT_SECONDS": "0.001", "IMAGEPORT_MAX_ATTEMPTS": "1"}
+    first = workers(env=env)
+    ids = _submit(dist_env, src, "--target-format", "raw")
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "failure", 60, "the failure")
+    assert _task(db, ids["task_id"])[1] == "qemu_timeout"
+    first.terminate()
+
+    workers()
+    cli(dist_env, "retry", ids["task_id"], "--from-stage", "convert")
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "success", 60, "the retried import")
+    runs = _task(db, ids["task_id"])[4]
+    assert ("convert", 2, "done") in runs
+    assert _image(dist_env, ids["image_id"])["status"] == "active"
+    bad = cli(dist_env, "retry", ids["task_id"], check=False)
+    assert bad.returncode == 2
+    assert "only failed tasks" in bad.stderr
+
+
+def test_watch_exits_with_the_outcome(dist_env, db, workers, tmp_path):
+    workers()
+    ids = _submit(dist_env, make_qcow2(tmp_path / "w.qcow2"))
+    assert cli(dist_env, "watch", ids["task_id"], check=False).returncode == 0
+    failing = _submit(dist_env, make_qcow2(tmp_path / "w2.qcow2"), "--checksum", "0" * 32)
+    assert cli(dist_env, "watch", failing["task_id"], check=False).returncode == 1
+
+
+def test_worker_refuses_the_embedded_broker(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPORT_")}
+    env["IMAGEPORT_DATA_DIR"] = str(tmp_path)
+    proc = cli(env, "worker", check=False)
+    assert proc.returncode == 2
+    assert "IMAGEPORT_BROKER_URL" in proc.stderr
+
+
+def test_no_job_runs_twice_at_once(db, dist_env, workers, tmp_path):
+    """Redelivering a message while its lease is live is a no-op."""
+    workers("--processes", "2", "--threads", "2")
+    ids = _submit(dist_env, make_qcow2(tmp_path / "x.qcow2", virtual=32 * MIB, data=4 * MIB))
+    from imageport.config import Settings  # noqa: PLC0415
+    from imageport.workers.actors import declare_actors  # noqa: PLC0415
+    from imageport.workers.broker import build_broker  # noqa: PLC0415
+
+    settings = Settings(broker_url=dist_env["IMAGEPORT_BROKER_URL"])
+    actors = declare_actors(build_broker(settings), lambda: None)  # type: ignore[arg-type]
+    for _ in range(5):
+        actors.enqueue_import(ids["task_id"])
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "success", 60, "the import")
+    runs = _task(db, ids["task_id"])[4]
+    assert [r for r in runs if r[0] == "stage"] == [("stage", 1, "done")]
+    del signal  # imported for workers_support users
