@@ -2,7 +2,7 @@
 #   make run     import a sample qcow2 as raw into ./imageport-data and verify the record
 #   make test    lint, then the test suite (scripts/test.sh)
 #   make lint    ruff + mypy
-#   make bench   headline benchmark, JSON on stdout (BENCH_ARGS="--rounds 5" to pass options)
+#   make bench   every benchmark (headline import, workers), one JSON document on stdout
 #   make clean   remove build output, ./imageport-data and caches (keeps .venv)
 
 SHELL := bash
@@ -41,8 +41,8 @@ lint:
 	scripts/lint.sh
 
 bench:
-	scripts/bootstrap.sh
-	$(PY) bench/headline.py $(BENCH_ARGS)
+	scripts/bootstrap.sh --test
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build imageport-data .mypy_cache .ruff_cache .pytest_cache

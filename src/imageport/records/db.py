@@ -68,6 +68,9 @@ def _sqlite_on_connect(dbapi_connection: SQLiteConnection, _record: object) -> N
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA journal_mode = WAL")
+        # WAL with synchronous=NORMAL is still crash-safe for the database (it may lose the
+        # last commits on power loss, never corrupt); FULL costs an fsync per status change.
+        cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Run every benchmark and print one JSON document: {"headline": …, "workers": …}.
+
+Each benchmark runs as its own process (so one cannot warm caches or leave threads for the
+next); their progress goes to stderr, their JSON is collected here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = {"headline": "headline.py", "workers": "workers.py"}
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmarks named in argv (all by default)."""
+    names = argv or list(BENCHMARKS)
+    results = {}
+    for name in names:
+        proc = subprocess.run(
+            [sys.executable, str(HERE / BENCHMARKS[name])],
+            stdout=subprocess.PIPE,
+            check=False,
+        )
+        if proc.returncode != 0:
+            print(f"bench: {name} exited {proc.returncode}", file=sys.stderr)
+            return proc.returncode
+        results[name] = json.loads(proc.stdout)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
