@@ -80,6 +80,14 @@ class StoreUnavailable(TransientError):
     code = "store_unavailable"
 
 
+class StoreCopyFailed(StoreUnavailable):
+    """Copying to one or more target stores failed; ``failed_stores`` names them."""
+
+    def __init__(self, message: str, *, code: str | None = None, failed_stores: list[str]) -> None:
+        super().__init__(message, code=code)
+        self.failed_stores = failed_stores
+
+
 class NoSpace(TransientError):
     """Not enough free space where the bytes would land."""
 

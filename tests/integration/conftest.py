@@ -16,6 +16,10 @@ def settings(tmp_path, database_url) -> Settings:
         database_url=database_url,
         progress_interval_seconds=0.01,
         max_attempts=1,
+        # web-download tests serve from 127.0.0.1 on a random port: allow exactly that,
+        # explicitly (the defaults refuse loopback and every port but 80/443).
+        web_download_allowed_networks=("127.0.0.0/8",),
+        web_download_ports=(80, 443, *range(1024, 65536)),
     )
 
 

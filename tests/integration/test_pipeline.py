@@ -202,7 +202,13 @@ def test_unreachable_url_is_retried_while_attempts_remain(tmp_path, database_url
     from imageport.config import Settings  # noqa: PLC0415
     from imageport.pipeline.context import Services  # noqa: PLC0415
 
-    conf = Settings(data_dir=tmp_path / "d", database_url=database_url, max_attempts=2)
+    conf = Settings(
+        data_dir=tmp_path / "d",
+        database_url=database_url,
+        max_attempts=2,
+        web_download_allowed_networks=("127.0.0.0/8",),  # the closed port is on loopback
+        web_download_ports=(80, 443, *range(1024, 65536)),
+    )
     svc = Services.from_settings(conf)
     svc.db.upgrade()
     try:

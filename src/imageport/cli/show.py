@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imageport.cli.common import errors_to_exit, print_json, services, settings
+from imageport.pipeline.deletion import delete_image
 from imageport.records import repository, serialize
 
 images_app = typer.Typer(help="List and show image records.", no_args_is_help=True)
@@ -60,6 +61,15 @@ def images_show(
         print_json(doc)
     else:
         render_image(doc)
+
+
+@images_app.command("delete")
+def images_delete(image_id: str) -> None:
+    """Delete an image: cancel its import if one runs, remove every stored copy."""
+    conf = settings()
+    with errors_to_exit(), services(conf) as svc:
+        delete_image(svc, image_id)
+    typer.echo(f"image {image_id} deleted")
 
 
 @tasks_app.command("list")

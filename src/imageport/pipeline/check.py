@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from imageport.config import Settings
-from imageport.errors import HashMismatch, PermanentError, UnsafeImage
+from imageport.errors import HashMismatch, PermanentError
+from imageport.pipeline.decompression import MAGIC_LENGTH, detect
+from imageport.pipeline.extents import data_runs
 from imageport.pipeline.hashing import parse_hash_spec, same_digest
-from imageport.pipeline.inspector import Verdict, cross_check
-from imageport.pipeline.qemu import QemuImg, qemu_format
+from imageport.pipeline.inspection import ProbeMismatch, second_opinion
+from imageport.pipeline.inspector import Verdict
+from imageport.pipeline.qemu import QemuImg
 from imageport.pipeline.sources import file_chunks
 from imageport.pipeline.staging import scan
 
@@ -23,27 +27,101 @@ def check_file(
     checksum: str | None = None,
     hash_spec: str | None = None,
 ) -> dict[str, Any]:
-    """Return ``{"verdict", "detected_format", "virtual_size", "reason_code", "message"}``."""
+    """Return ``{"verdict", "detected_format", "virtual_size", "reason_code", "message", ...}``.
+
+    A compressed file is checked as the disk it decompresses to (``compression`` names the
+    layer found), written to a private temporary directory so that qemu-img can see it too.
+    """
     algo, expected = parse_hash_spec(hash_spec) if hash_spec else (None, None)
     buffer = bytearray(settings.chunk_size)
-    scanned = scan(file_chunks(path, buffer), settings, declared=disk_format, extra_algo=algo)
-    verdict = Verdict(**scanned["verdict"])
-    result = {
-        "verdict": "accept",
-        "detected_format": verdict.detected_format,
+    result: dict[str, Any] = {
+        "verdict": "reject",
+        "detected_format": None,
         "virtual_size": None,
         "reason_code": None,
         "message": "",
-        "size": scanned["size"],
-        "checksum": scanned["md5"],
-        "os_hash_algo": scanned["hash_algo"],
-        "os_hash_value": scanned["hash_value"],
+        "size": None,
+        "checksum": None,
+        "os_hash_algo": None,
+        "os_hash_value": None,
+        "compression": None,
     }
+    with tempfile.TemporaryDirectory(prefix="imageport-inspect-") as scratch:
+        disk = Path(scratch) / "disk"
+        try:
+            scanned = _scan(path, settings, buffer, disk, disk_format, algo)
+        except PermanentError as exc:  # a broken or nested compression, a cap
+            result.update(reason_code=exc.code, message=exc.message)
+            return result
+        verdict = Verdict(**scanned["verdict"])
+        result["detected_format"] = verdict.detected_format
+        if not scanned["complete"]:  # refused from its first bytes
+            result.update(reason_code=verdict.reason_code, message=verdict.message)
+            return result
+        return _judge(
+            result,
+            scanned,
+            verdict,
+            disk if scanned["compression"] else path,
+            qemu,
+            settings,
+            (checksum, algo, expected),
+        )
+
+
+def _scan(
+    path: Path,
+    settings: Settings,
+    buffer: bytearray,
+    disk: Path,
+    disk_format: str | None,
+    algo: str | None,
+) -> dict[str, Any]:
+    """Scan ``path``; a compressed file's disk is written (sparse) to ``disk`` for qemu-img."""
+    with path.open("rb") as probe:
+        compressed = detect(probe.read(MAGIC_LENGTH)) is not None
+    if not compressed:
+        return scan(file_chunks(path, buffer), settings, declared=disk_format, extra_algo=algo)
+    with disk.open("wb") as out:
+
+        def sink(chunk: memoryview, offset: int) -> None:
+            for start, end in data_runs(chunk):
+                out.seek(offset + start)
+                out.write(chunk[start:end])
+
+        scanned = scan(
+            file_chunks(path, buffer), settings, declared=disk_format, extra_algo=algo, sink=sink
+        )
+        out.truncate(scanned["disk_size"] or 0)
+    return scanned
+
+
+def _judge(
+    result: dict[str, Any],
+    scanned: dict[str, Any],
+    verdict: Verdict,
+    disk: Path,
+    qemu: QemuImg,
+    settings: Settings,
+    declared: tuple[str | None, str | None, str | None],
+) -> dict[str, Any]:
+    result.update(
+        size=scanned["size"],
+        checksum=scanned["md5"],
+        os_hash_algo=scanned["hash_algo"],
+        os_hash_value=scanned["hash_value"],
+        compression=scanned["compression"],
+    )
     try:
-        _check_digests(scanned, checksum, algo, expected)
-        result["virtual_size"] = _check_format(path, verdict, settings, qemu)
+        _check_digests(scanned, *declared)
+        result["virtual_size"] = second_opinion(qemu, disk, verdict, settings)
+    except ProbeMismatch as exc:
+        result.update(reason_code=exc.code, message=exc.message, detected_format=exc.probed)
+        return result
     except PermanentError as exc:
-        result.update(verdict="reject", reason_code=exc.code, message=exc.message)
+        result.update(reason_code=exc.code, message=exc.message)
+        return result
+    result["verdict"] = "accept"
     return result
 
 
@@ -51,23 +129,9 @@ def _check_digests(
     scanned: dict[str, Any], checksum: str | None, algo: str | None, expected: str | None
 ) -> None:
     if checksum is not None and not same_digest(checksum, scanned["md5"]):
-        raise HashMismatch(f"MD5 is {scanned['md5']}, not {checksum}")
+        raise HashMismatch(f"MD5 is {scanned['md5']}, not {checksum}: check the file")
     if algo is not None and expected is not None:
         actual = scanned["hash_value"] if algo == scanned["hash_algo"] else None
         actual = actual or scanned["extra_hash"]["value"]
         if not same_digest(expected, actual):
-            raise HashMismatch(f"{algo} is {actual}, not {expected}")
-
-
-def _check_format(path: Path, verdict: Verdict, settings: Settings, qemu: QemuImg) -> int:
-    verdict.raise_if_rejected()
-    fmt = verdict.detected_format or "raw"
-    info = qemu.info(path, fmt)
-    cross_check(info, verdict, settings)
-    probe = qemu.info(path, None)
-    if probe.get("format") != qemu_format(fmt):
-        raise UnsafeImage(
-            f"qemu-img's probe reads {probe.get('format')}, not {fmt}",
-            code="qemu_probe_mismatch",
-        )
-    return int(info["virtual-size"])
+            raise HashMismatch(f"{algo} is {actual}, not {expected}: check the file")

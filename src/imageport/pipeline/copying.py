@@ -1,20 +1,22 @@
 """Stage ``copy``: read the final bytes once, write them to every target store, hash on the way.
 
 A file store on the same file system as the final file takes it by rename (no copy); every
-other store is fed from one read of the file, holes passed on as holes. When the final bytes
+other store is fed from one read of the file (:mod:`imageport.pipeline.fanout`: one thread per
+store, bounded buffers), holes passed on as holes. When the final bytes
 are the staged bytes, their hashes are already known and are not computed again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from imageport.errors import PipelineError, StoreUnavailable
+from imageport.errors import PipelineError, StoreCopyFailed
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.extents import read_extents
-from imageport.pipeline.hashing import Digests, MultiHasher
+from imageport.pipeline.fanout import FanOutResult, fan_out
+from imageport.pipeline.hashing import Digests
 from imageport.stores import FileStore, Store, StoredObject, StoreWriter
 
 NAME = "copy"
@@ -33,19 +35,23 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
         store.discard_partial(ctx.image_id)  # leftovers of an interrupted attempt
     taker = next((s for s in targets if isinstance(s, FileStore) and s.can_take(source)), None)
     streamed = [s for s in targets if s is not taker]
-    stored: list[StoredObject] = []
-    failed: dict[str, PipelineError] = {}
+    result = FanOutResult(digests=digests)
     if streamed or digests is None:
-        digests = _fan_out(ctx, source, streamed, stored, failed)
-    if taker is not None:
-        stored.append(taker.take_file(ctx.image_id, source))
-    _settle_failures(ctx, targets, stored, failed)
+        result = _fan_out(
+            ctx, source, streamed, hash_algo=None if digests else ctx.settings.hash_algo
+        )
+        digests = digests or result.digests
+    if taker is not None and not (result.failed and ctx.request.all_stores_must_succeed):
+        # Moved in last: the rename cannot be undone by the other stores' failure.
+        result.stored.append(taker.take_file(ctx.image_id, source))
+    settle_failures(ctx, targets, result.stored, result.failed)
+    assert digests is not None  # noqa: S101 - known from staging, or computed by the fan-out
     return {
         "locations": [
             {"store_id": o.store_id, "url": o.url, "metadata": {"store": o.store_id, **o.metadata}}
-            for o in stored
+            for o in result.stored
         ],
-        "failed_stores": sorted(failed),
+        "failed_stores": sorted(result.failed),
         "md5": digests.md5,
         "hash_algo": digests.algo,
         "hash_value": digests.value,
@@ -74,69 +80,45 @@ def _final_bytes(ctx: JobContext) -> tuple[Path, Digests | None]:
 
 
 def _fan_out(
-    ctx: JobContext,
-    source: Path,
-    stores: list[Store],
-    stored: list[StoredObject],
-    failed: dict[str, PipelineError],
-) -> Digests:
+    ctx: JobContext, source: Path, stores: list[Store], *, hash_algo: str | None
+) -> FanOutResult:
+    """One read of ``source`` (holes skipped), written to every store in its own thread."""
     size = source.stat().st_size
     writers: dict[str, StoreWriter] = {}
-    for store in stores:
-        try:
-            writers[store.store_id] = store.begin_write(ctx.image_id, size=size)
-        except PipelineError as exc:
-            failed[store.store_id] = exc
-    buffer = bytearray(ctx.settings.chunk_size)
-    zeros = memoryview(bytes(ctx.settings.chunk_size))
+    failed: dict[str, PipelineError] = {}
     try:
-        with MultiHasher(ctx.settings.hash_algo) as hasher:
-            for piece in read_extents(source, buffer):
-                data, hole = piece.data, piece.hole
-                if data is not None:
-                    hasher.update(data)
-                    _each(writers, failed, lambda w: w.write(data))  # noqa: B023 - called now
-                else:
-                    _hash_zeros(hasher, zeros, hole)
-                    _each(writers, failed, lambda w: w.write_hole(hole))  # noqa: B023
-                ctx.progress(hasher.size, size)
-            digests = hasher.digests()
-        for store_id in list(writers):
-            _each({store_id: writers[store_id]}, failed, lambda w: stored.append(w.commit()))
-    finally:
+        for store in stores:
+            try:
+                writers[store.store_id] = store.begin_write(ctx.image_id, size=size)
+            except PipelineError as exc:
+                failed[store.store_id] = exc
+        result = fan_out(
+            read_extents(source, bytearray(ctx.settings.chunk_size)),
+            writers,
+            chunk_size=ctx.settings.chunk_size,
+            hash_algo=hash_algo,
+            total=size,
+            progress=ctx.progress,
+        )
+    except BaseException:
         for writer in writers.values():
-            writer.abort()  # a no-op after commit; removes the temp file otherwise
-    return digests
+            writer.abort()  # fan_out aborts the writers it took; this covers a failed start
+        raise
+    result.failed.update(failed)
+    return result
 
 
-def _hash_zeros(hasher: MultiHasher, zeros: memoryview, length: int) -> None:
-    while length > 0:
-        n = min(length, len(zeros))
-        hasher.update(zeros[:n])
-        length -= n
-
-
-def _each(
-    writers: dict[str, StoreWriter],
-    failed: dict[str, PipelineError],
-    action: Callable[[StoreWriter], object],
-) -> None:
-    """Apply ``action`` to each writer; a failing store is dropped and remembered."""
-    for store_id, writer in list(writers.items()):
-        try:
-            action(writer)
-        except PipelineError as exc:
-            failed[store_id] = exc
-            writer.abort()
-            del writers[store_id]
-
-
-def _settle_failures(
+def settle_failures(
     ctx: JobContext,
-    targets: list[Store],
+    targets: Sequence[Store],
     stored: list[StoredObject],
     failed: dict[str, PipelineError],
 ) -> None:
+    """Keep the copies (best effort) or remove them all and raise (all or nothing).
+
+    Raises:
+        StoreUnavailable: a store failed and all must succeed, or every store failed.
+    """
     if not failed:
         return
     if stored and not ctx.request.all_stores_must_succeed:
@@ -145,6 +127,8 @@ def _settle_failures(
     for obj in stored:
         by_id[obj.store_id].delete(obj.url)  # all or nothing: remove the copies written
     store_id, first = next(iter(failed.items()))
-    raise StoreUnavailable(
-        f"store {store_id} failed: {first}; no copy was kept", code=first.code
+    raise StoreCopyFailed(
+        f"store {store_id} failed: {first}; no copy was kept",
+        code=first.code,
+        failed_stores=sorted(failed),
     ) from first

@@ -1,8 +1,10 @@
 """Stage ``inspect``: the stream inspector's verdict, then qemu-img's second opinion.
 
-qemu-img only ever sees a file the inspector already accepted, always with ``-f``; its probe
-(without ``-f``) must agree with the inspector too, which catches formats the inspector does
-not know.
+qemu-img only ever sees a file the inspector already accepted, always with ``-f``. Its JSON must
+agree with the inspector (format, no backing file, no data file, not encrypted, not corrupt, an
+allowed VMDK create type whose only extent is the file itself, a virtual size within limits),
+and its own probe (no ``-f``) must name the same format, which catches formats the inspector
+does not know (parallels, dmg, bochs, cloop...).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from imageport.config import Settings
 from imageport.errors import UnsafeImage
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.inspector import Verdict, cross_check
-from imageport.pipeline.qemu import qemu_format
+from imageport.pipeline.headers import virtual_size_problem
+from imageport.pipeline.inspector import Verdict
+from imageport.pipeline.qemu import QemuImg, qemu_format
 
 NAME = "inspect"
 
@@ -27,14 +31,88 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
     staged = ctx.outputs["stage"]
     verdict = Verdict(**staged["verdict"])
     verdict.raise_if_rejected()
-    path = Path(staged["path"])
-    fmt = verdict.detected_format or ctx.request.disk_format
-    info = services.qemu.info(path, fmt)
-    cross_check(info, verdict, ctx.settings)
-    probe = services.qemu.info(path, None)
-    if probe.get("format") != qemu_format(fmt):
+    virtual_size = second_opinion(services.qemu, Path(staged["path"]), verdict, ctx.settings)
+    return {"detected_format": verdict.detected_format, "virtual_size": virtual_size}
+
+
+class ProbeMismatch(UnsafeImage):
+    """qemu-img's own probe names another format than the inspector; ``probed`` is its name."""
+
+    def __init__(self, message: str, *, probed: str | None) -> None:
+        super().__init__(message, code="qemu_probe_mismatch")
+        self.probed = probed
+
+
+def second_opinion(qemu: QemuImg, path: Path, verdict: Verdict, settings: Settings) -> int:
+    """Run ``qemu-img info -f`` and qemu's probe on an accepted image; return the virtual size.
+
+    Raises:
+        UnsafeImage: qemu-img disagrees with the inspector or reports an unsafe feature.
+        ConversionFailed: qemu-img cannot open the image (``qemu_refused``).
+    """
+    verdict.raise_if_rejected()  # never hand qemu-img a file the inspector refused
+    fmt = verdict.detected_format or "raw"
+    info = qemu.info(path, fmt)
+    cross_check(info, path, verdict, settings)
+    probe = qemu.info(path, None)
+    # qemu probes headers only: a fixed VHD (footer at EOF) is raw to it, as oslo would say.
+    expected = "raw" if verdict.subformat == "fixed" else qemu_format(fmt)
+    if probe.get("format") != expected:
+        raise ProbeMismatch(
+            f"qemu-img recognises the image as {probe.get('format')}, the inspector as {fmt}: "
+            "images in formats imageport cannot inspect are refused",
+            probed=probe.get("format"),
+        )
+    return int(info["virtual-size"])
+
+
+def cross_check(info: dict[str, Any], path: Path, verdict: Verdict, settings: Settings) -> None:
+    """Compare ``qemu-img info -f`` JSON with the inspector's verdict.
+
+    Raises:
+        UnsafeImage: on any disagreement or unsafe feature qemu-img reports.
+    """
+    name = verdict.detected_format or "raw"
+    if info.get("format") != qemu_format(name):
         raise UnsafeImage(
-            f"qemu-img's own probe reads the image as {probe.get('format')}, not {fmt}",
+            f"qemu-img reads the image as {info.get('format')}, the inspector as {name}",
             code="qemu_probe_mismatch",
         )
-    return {"detected_format": fmt, "virtual_size": int(info["virtual-size"])}
+    data = info.get("format-specific", {}).get("data", {})
+    for code, message in _unsafe_features(info, data):
+        raise UnsafeImage(f"qemu-img reports that {message}", code=code)
+    if name == "vmdk":
+        _check_vmdk(data, path, settings)
+    problem = virtual_size_problem(int(info.get("virtual-size", 0)), settings.max_virtual_size)
+    if problem is not None:
+        raise UnsafeImage(problem[1], code=problem[0])
+
+
+def _unsafe_features(info: dict[str, Any], data: dict[str, Any]) -> list[tuple[str, str]]:
+    found = []
+    if "backing-filename" in info or "full-backing-filename" in info:
+        found.append(("backing_file", "the image names a backing file"))
+    if "data-file" in data or data.get("data-file-raw"):
+        found.append(("data_file", "the image uses an external data file"))
+    if info.get("encrypted") or "encrypt" in data:
+        found.append(("encrypted", "the image is encrypted"))
+    if data.get("corrupt"):
+        found.append(("corrupt", "the image is corrupt"))
+    return found
+
+
+def _check_vmdk(data: dict[str, Any], path: Path, settings: Settings) -> None:
+    create_type = data.get("create-type")
+    if create_type not in settings.allowed_vmdk_create_types:
+        raise UnsafeImage(
+            f"qemu-img reports VMDK create type {create_type}, which is not allowed",
+            code="vmdk_subformat",
+        )
+    mine = path.resolve()
+    for extent in data.get("extents", []):
+        # qemu-img reports the extent names it resolved; only this very file may appear.
+        if Path(str(extent.get("filename", ""))).resolve() != mine:
+            raise UnsafeImage(
+                f"qemu-img reports a VMDK extent {extent.get('filename')} besides the image",
+                code="vmdk_extent",
+            )

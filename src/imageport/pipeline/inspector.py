@@ -1,15 +1,19 @@
-"""Safe format detection: oslo.utils' stream inspectors plus our own checks, then qemu-img.
+"""Safe format detection from content: oslo.utils' stream inspectors plus our own checks.
 
-The :class:`StreamInspector` sees every byte as it is staged and runs every format inspector in
-parallel. Its verdict is reached from content alone: exactly one detected format (``iso`` with
-``gpt`` counts as ``iso``; ``gpt`` counts as ``raw``), equal to the declared ``disk_format``,
-passing the inspector's safety checks. Only then does ``qemu-img info -f`` give a second opinion,
-which must agree (format, no backing file, no data file, not encrypted, not corrupt).
+The :class:`StreamInspector` sees every byte as it is staged (decompressed bytes when the upload
+was compressed) and runs every oslo format inspector in parallel. Its verdict comes from content
+alone: exactly one detected format (``iso`` with ``gpt`` counts as ``iso``; ``gpt`` counts as
+``raw``; a VHD footer at EOF makes raw data a fixed VHD), equal to the declared ``disk_format``,
+allowed by settings, passing oslo's safety checks and ours (:mod:`.headers`, :mod:`.vhd`).
+
+Rejection is as early as the bytes allow: once every inspector has its header regions (the
+*decision point*, usually inside the first chunk), a refusal that no later byte can change is
+reported by :meth:`StreamInspector.feed`; only the VMDK footer, the VHD footer and the length of
+a raw image need the end of the stream.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +21,16 @@ from oslo_utils.imageutils import format_inspector
 
 from imageport.config import Settings
 from imageport.errors import UnsafeImage
-from imageport.pipeline.qemu import qemu_format
+from imageport.pipeline import headers, vhd
 
-#: Formats the inspector recognises but imageport never accepts.
-BANNED_FORMATS = frozenset({"qed", "luks"})
+_Inspector = format_inspector.FileInspector
+_Detected = tuple[_Inspector | None, str, str | None]  # (oslo inspector, name, subformat)
+
+_HEAD_SLICE = 64 * 1024  # bytes given to oslo at a time before the decision point
+HEAD_SIZE = 512  # bytes kept from the start: every header we parse ourselves fits in it
+_VMDK_FOOTER_TAIL = 1536  # bytes oslo's VMDK footer check keeps from the end (EndCaptureRegion)
+#: Content that may turn out to be a fixed VHD once its footer is seen at EOF.
+_RAW_LIKE = frozenset({"raw", "gpt", "iso"})
 #: oslo safety-check names mapped to our stable reason codes.
 _CHECK_CODES = {
     "backing_file": "backing_file",
@@ -29,19 +39,25 @@ _CHECK_CODES = {
     "descriptor": "vmdk_extent",
     "footer": "vmdk_structure",
     "mbr": "mbr_invalid",
+    "version": "encrypted",
+    "passphrase": "encrypted",
 }
-_QCOW2_CRYPT_OFFSET = 32  # qcow2 header: u32 crypt_method at byte 32
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What inspection concluded about a byte stream."""
+    """What inspection concluded about a byte stream.
+
+    ``detected_format`` uses Image API names (``gpt`` content is ``raw``; several matches are
+    joined with ``+``); ``subformat`` refines it where qemu-img's probe differs (``fixed`` VHD).
+    """
 
     accepted: bool
     detected_format: str | None
     virtual_size: int | None
     reason_code: str | None = None
     message: str = ""
+    subformat: str | None = None
 
     def raise_if_rejected(self) -> None:
         """Raise UnsafeImage with the reason code if the image was refused."""
@@ -56,131 +72,12 @@ class Verdict:
             "virtual_size": self.virtual_size,
             "reason_code": self.reason_code,
             "message": self.message,
+            "subformat": self.subformat,
         }
 
 
-class StreamInspector:
-    """Feeds chunks to every oslo format inspector and decides once the stream ends."""
-
-    def __init__(self) -> None:
-        self._inspectors = {name: cls() for name, cls in format_inspector.ALL_FORMATS.items()}
-        self._errors: dict[str, str] = {}
-        self._head = bytearray()
-        self.total = 0
-
-    def feed(self, chunk: memoryview | bytes) -> None:
-        """Show the next chunk to every inspector still in the running."""
-        self.total += len(chunk)
-        if len(self._head) < 512:
-            self._head += chunk[: 512 - len(self._head)]
-        for name, inspector in list(self._inspectors.items()):
-            try:
-                # oslo annotates bytes, but only slices and concatenates: any buffer works.
-                inspector.eat_chunk(chunk)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001 - any inspector failure only excludes it
-                self._errors[name] = str(exc)
-                del self._inspectors[name]
-
-    def verdict(self, declared: str | None, settings: Settings) -> Verdict:  # noqa: PLR0911
-        """Finish the stream and decide: one safe format, equal to ``declared`` when given."""
-        if self.total == 0:
-            return _reject(None, "empty_image", "the image is empty: upload the disk image file")
-        for inspector in self._inspectors.values():
-            inspector.finish()
-        detected, reject = self._detect()
-        if reject is not None:
-            return reject
-        assert detected is not None  # noqa: S101 - _detect returns one or the other
-        name = _public_name(detected.NAME)
-        if name in BANNED_FORMATS:
-            return _reject(name, "banned_format", f"{name} images are not accepted")
-        if declared is not None and name != declared:
-            return _reject(
-                name,
-                "format_mismatch",
-                f"the image content is {name} but disk_format is {declared}: "
-                f"declare disk_format={name} if that is what you meant",
-            )
-        if name not in settings.allowed_disk_formats:
-            return _reject(name, "banned_format", f"disk format {name} is not allowed here")
-        unsafe = self._safety(detected, name)
-        if unsafe is not None:
-            return unsafe
-        virtual_size = int(detected.virtual_size) if name != "raw" else self.total
-        if virtual_size > settings.max_virtual_size:
-            return _reject(
-                name,
-                "virtual_size_limit",
-                f"virtual size {virtual_size} exceeds the limit of {settings.max_virtual_size}",
-            )
-        return Verdict(accepted=True, detected_format=name, virtual_size=virtual_size)
-
-    def _detect(self) -> tuple[Any, Verdict | None]:
-        matches = [
-            i for n, i in self._inspectors.items() if n != "raw" and i.complete and i.format_match
-        ]
-        names = {m.NAME for m in matches}
-        if names == {"iso", "gpt"}:  # a hybrid ISO carries a GPT: it is an ISO
-            matches = [m for m in matches if m.NAME == "iso"]
-        if len(matches) > 1:
-            found = "+".join(sorted(names))
-            return None, _reject(found, "multiple_formats", f"the image matches {found} at once")
-        if not matches:
-            return self._inspectors["raw"], None
-        return matches[0], None
-
-    def _safety(self, inspector: format_inspector.FileInspector, name: str) -> Verdict | None:
-        if name == "qcow2" and len(self._head) >= _QCOW2_CRYPT_OFFSET + 4:
-            (crypt,) = struct.unpack_from(">I", self._head, _QCOW2_CRYPT_OFFSET)
-            if crypt != 0:
-                return _reject(name, "encrypted", "encrypted qcow2 images cannot be inspected")
-        try:
-            inspector.safety_check()
-        except format_inspector.SafetyCheckFailed as exc:
-            failed = sorted(exc.failures)
-            code = _CHECK_CODES.get(failed[0].removeprefix("inner_"), "unsafe_image")
-            detail = "; ".join(f"{k}: {v}" for k, v in exc.failures.items())
-            return _reject(name, code, f"the {name} image failed safety checks ({detail})")
-        except format_inspector.ImageFormatError as exc:
-            return _reject(name, "truncated", f"the {name} image is incomplete: {exc}")
-        return None
-
-
-def cross_check(info: dict[str, Any], verdict: Verdict, settings: Settings) -> None:
-    """Compare ``qemu-img info -f`` JSON with the inspector's verdict.
-
-    Raises:
-        UnsafeImage: on any disagreement or unsafe feature qemu-img reports.
-    """
-    name = verdict.detected_format or ""
-    if info.get("format") != qemu_format(name):
-        raise UnsafeImage(
-            f"qemu-img reads the image as {info.get('format')}, the inspector as {name}",
-            code="qemu_probe_mismatch",
-        )
-    if "backing-filename" in info or "full-backing-filename" in info:
-        raise UnsafeImage("the image names a backing file", code="backing_file")
-    data = info.get("format-specific", {}).get("data", {})
-    if "data-file" in data:
-        raise UnsafeImage("the image uses an external data file", code="data_file")
-    if info.get("encrypted") or "encrypt" in data:
-        raise UnsafeImage("the image is encrypted", code="encrypted")
-    if data.get("corrupt"):
-        raise UnsafeImage("qemu-img reports the image as corrupt", code="corrupt")
-    virtual_size = int(info.get("virtual-size", 0))
-    if not 0 < virtual_size <= settings.max_virtual_size:
-        raise UnsafeImage(
-            f"virtual size {virtual_size} is outside 1..{settings.max_virtual_size}",
-            code="virtual_size_limit",
-        )
-
-
-def _public_name(oslo_name: str) -> str:
-    # GPT disks are raw disks to Glance and qemu-img.
-    return "raw" if oslo_name == "gpt" else oslo_name
-
-
-def _reject(detected: str | None, code: str, message: str) -> Verdict:
+def reject(detected: str | None, code: str, message: str) -> Verdict:
+    """A refusal with a reason code from the corpus vocabulary."""
     return Verdict(
         accepted=False,
         detected_format=detected,
@@ -188,3 +85,223 @@ def _reject(detected: str | None, code: str, message: str) -> Verdict:
         reason_code=code,
         message=message,
     )
+
+
+class StreamInspector:
+    """Feeds chunks to every oslo format inspector; decides early when it can, else at EOF."""
+
+    def __init__(self, declared: str | None, settings: Settings) -> None:
+        self._declared = declared
+        self._settings = settings
+        self._running = {name: cls() for name, cls in format_inspector.ALL_FORMATS.items()}
+        self._errors: dict[str, str] = {}
+        self._head = bytearray()
+        self._tail = b""
+        self._tail_fed: list[format_inspector.FileInspector] = []
+        self._decided = False
+        self.total = 0
+
+    def feed(self, chunk: memoryview | bytes) -> Verdict | None:
+        """Show the next chunk; return a refusal as soon as it is certain, else None."""
+        self.total += len(chunk)
+        if len(self._head) < HEAD_SIZE:
+            self._head += chunk[: HEAD_SIZE - len(self._head)]
+        # Keep the last 512 bytes for the VHD footer: one small copy per chunk, never the chunk.
+        if len(chunk) >= vhd.FOOTER_SIZE:
+            self._tail = bytes(chunk[-vhd.FOOTER_SIZE :])
+        else:
+            self._tail = (self._tail + bytes(chunk))[-vhd.FOOTER_SIZE :]
+        if self._decided:
+            # Past the decision point only end regions (VMDK footer) still want bytes, and
+            # they keep only the last 1536: hand them that much instead of the whole chunk.
+            for inspector in self._tail_fed:
+                self._eat(inspector, chunk[-_VMDK_FOOTER_TAIL:])
+            return None
+        # Until the decision point, oslo sees the bytes in small slices: its inspectors add
+        # capture regions only between two chunks (VHDX finds its virtual-size item one chunk
+        # after its metadata table), so one 8 MiB chunk would hide regions it already passed.
+        for start in range(0, len(chunk), _HEAD_SLICE):
+            piece = chunk[start : start + _HEAD_SLICE]
+            for inspector in list(self._running.values()):
+                self._eat(inspector, piece)
+        if not all(_only_end_regions_pending(i) for i in self._running.values()):
+            return None
+        self._decided = True
+        self._tail_fed = [i for i in self._running.values() if not i.complete]
+        verdict = self._evaluate(at_eof=False)
+        return verdict if verdict is not None and not verdict.accepted else None
+
+    def verdict(self) -> Verdict:
+        """Finish the stream and decide: one safe format, equal to the declared one."""
+        for inspector in self._running.values():
+            inspector.finish()
+        verdict = self._evaluate(at_eof=True)
+        assert verdict is not None  # noqa: S101 - at EOF every question has an answer
+        return verdict
+
+    def best_guess(self) -> str:
+        """The format the bytes seen so far look like, for a refusal that came from elsewhere."""
+        matches = sorted(
+            _public_name(n)
+            for n, i in self._running.items()
+            if n != "raw" and i.complete and i.format_match
+        )
+        return "+".join(matches) if matches else headers.magic_format(self._head) or "raw"
+
+    def _eat(self, inspector: format_inspector.FileInspector, data: memoryview | bytes) -> None:
+        try:
+            # oslo annotates bytes, but only slices and concatenates: any buffer works.
+            inspector.eat_chunk(data)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - an inspector failure only excludes it
+            self._errors[inspector.NAME] = str(exc)
+            self._running.pop(inspector.NAME, None)
+            if inspector in self._tail_fed:
+                self._tail_fed.remove(inspector)
+
+    def _evaluate(self, *, at_eof: bool) -> Verdict | None:  # noqa: PLR0911
+        """The verdict, or None when (before EOF) acceptance is still possible."""
+        if at_eof and self.total == 0:
+            return reject("raw", "empty_image", "the image is empty: upload the disk image file")
+        early = self._by_magic(at_eof=at_eof)
+        if early is not None:
+            return early
+        detected, refused = self._detect(at_eof=at_eof)
+        if refused is not None:
+            return refused
+        if detected is None:
+            return None  # raw-looking content declared vhd: only the footer at EOF can tell
+        inspector, name, subformat = detected
+        if self._declared is not None and name != self._declared:
+            return reject(
+                name,
+                "format_mismatch",
+                f"the image content is {name} but disk_format is {self._declared}: "
+                f"declare disk_format={name} if that is what you meant",
+            )
+        if name not in self._settings.allowed_disk_formats:
+            return reject(name, "banned_format", f"disk format {name} is not accepted here")
+        problem = self._problem(inspector, name, subformat, at_eof=at_eof)
+        if problem is not None:
+            return reject(name, *problem)
+        size = self._virtual_size(inspector, name, subformat)
+        problem = headers.virtual_size_problem(size, self._settings.max_virtual_size)
+        if problem is not None:
+            return reject(name, *problem)
+        if not at_eof:
+            return None
+        return Verdict(accepted=True, detected_format=name, virtual_size=size, subformat=subformat)
+
+    def _by_magic(self, *, at_eof: bool) -> Verdict | None:
+        """Formats that are refused whatever else the bytes say, and broken headers."""
+        claimed = headers.magic_format(self._head)
+        if claimed in ("qcow", "qed"):
+            return reject(claimed, "banned_format", f"{claimed} images are not accepted")
+        if claimed == "luks":
+            return reject("luks", "encrypted", "LUKS-encrypted images cannot be inspected")
+        if claimed is None:
+            return None
+        if claimed in self._errors:
+            code = "vmdk_structure" if claimed == "vmdk" else "truncated"
+            return reject(
+                claimed, code, f"the {claimed} header is invalid: {self._errors[claimed]}"
+            )
+        running = self._running.get(claimed)
+        if at_eof and running is not None and not running.complete:
+            return reject(
+                claimed,
+                "truncated",
+                f"the file ends inside its {claimed} header: upload the complete image",
+            )
+        return None
+
+    def _detect(self, *, at_eof: bool) -> tuple[_Detected | None, Verdict | None]:
+        matches = [
+            i for n, i in self._running.items() if n != "raw" and i.complete and i.format_match
+        ]
+        names = {m.NAME for m in matches}
+        if names == {"iso", "gpt"}:  # a hybrid ISO carries an MBR: it is an ISO
+            matches = [m for m in matches if m.NAME == "iso"]
+            names = {"iso"}
+        footer = vhd.parse_footer(self._tail) if at_eof and self.total > HEAD_SIZE else None
+        only = matches[0].NAME if len(matches) == 1 else "raw"
+        if footer is not None and len(matches) <= 1 and only in _RAW_LIKE:
+            # Raw bytes followed by a VHD footer: a fixed VHD (header-only probes say raw).
+            return (self._running.get(only, matches[0] if matches else None), "vhd", "fixed"), None
+        if footer is not None and only not in ("vhd", *_RAW_LIKE):
+            names.add("vhd")
+        if len(names) > 1:
+            found = "+".join(sorted(_public_name(n) for n in names))
+            return None, reject(found, "multiple_formats", f"the image matches {found} at once")
+        if not matches:
+            inspector, oslo_name = self._running["raw"], "raw"
+        else:
+            inspector, oslo_name = matches[0], matches[0].NAME
+        name = _public_name(oslo_name)
+        if not at_eof and oslo_name in _RAW_LIKE and self._declared in (name, "vhd"):
+            return None, None  # a footer at EOF could still make this a fixed VHD
+        return (inspector, name, "gpt" if oslo_name == "gpt" else None), None
+
+    def _problem(
+        self, inspector: _Inspector | None, name: str, subformat: str | None, *, at_eof: bool
+    ) -> tuple[str, str] | None:
+        head = self._head
+        if name == "qcow2":
+            problem = headers.qcow2_problem(head)
+        elif name == "vmdk":
+            allowed = self._settings.allowed_vmdk_create_types
+            problem = headers.vmdk_problem(
+                head,
+                getattr(inspector, "vmdktype", None),  # set by oslo once the descriptor is read
+                getattr(inspector, "desc_text", None) or "",
+                allowed,
+            )
+        elif name == "vhd":
+            fixed = subformat == "fixed"
+            source = self._tail if fixed else head
+            problem = vhd.disk_type_problem(int.from_bytes(source[60:64], "big"), fixed=fixed)
+        else:
+            problem = None
+        if problem is not None:
+            return problem
+        # For a fixed VHD this is the inspector of the disk inside (raw, gpt, iso): a GPT disk
+        # keeps its protective-MBR rules when wrapped.
+        if inspector is not None and (at_eof or inspector.complete):
+            return _oslo_safety(inspector, name)
+        return None
+
+    def _virtual_size(self, inspector: _Inspector | None, name: str, subformat: str | None) -> int:
+        if subformat == "fixed":
+            parsed = vhd.parse_footer(self._tail)
+            return parsed.original_size if parsed is not None else 0
+        if name == "raw" or inspector is None:
+            return self.total
+        size = int(inspector.virtual_size)
+        # oslo reports 0 for UDF ISOs (no primary volume descriptor): the length is the size.
+        return size or (self.total if name == "iso" else 0)
+
+
+def _only_end_regions_pending(inspector: format_inspector.FileInspector) -> bool:
+    # oslo keeps regions in a private dict; EndCaptureRegions complete only at EOF.
+    regions = inspector._capture_regions.values()  # noqa: SLF001 - pinned oslo.utils <11
+    return all(r.complete or isinstance(r, format_inspector.EndCaptureRegion) for r in regions)
+
+
+def _oslo_safety(inspector: format_inspector.FileInspector, name: str) -> tuple[str, str] | None:
+    try:
+        inspector.safety_check()
+    except format_inspector.SafetyCheckFailed as exc:
+        failed = sorted(exc.failures)
+        check = failed[0].removeprefix("inner_")
+        detail = "; ".join(f"{k}: {v}" for k, v in exc.failures.items())
+        code = _CHECK_CODES.get(check, "format_mismatch")
+        if check == "descriptor" and "subformat" in detail.lower():
+            code = "vmdk_subformat"
+        return code, f"the {name} image failed safety checks ({detail})"
+    except format_inspector.ImageFormatError as exc:
+        return "truncated", f"the {name} image is incomplete: {exc}"
+    return None
+
+
+def _public_name(oslo_name: str) -> str:
+    # GPT/MBR disks are raw disks to Glance and qemu-img.
+    return "raw" if oslo_name == "gpt" else oslo_name

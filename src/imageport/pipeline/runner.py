@@ -137,7 +137,7 @@ def _run_leased(services: Services, task_id: str, owner: str) -> Outcome:
 
 
 def _walk(ctx: JobContext, services: Services, owner: str) -> Outcome:
-    stage_name = STAGE_NAMES[0]
+    stage_name = stages_for(ctx.request)[0].NAME
     try:
         with Heartbeat(services, ctx.task_id, owner) as heartbeat:
             heartbeat.check()  # cancelled while queued: stop before touching any byte
@@ -355,6 +355,14 @@ def _interrupted(ctx: JobContext, services: Services, stage: str, stop: JobInter
     return Outcome(TaskStatus.PENDING, retry_in=0.0)
 
 
+def _best_effort(action: Callable[[str], None], arg: str) -> None:
+    """Cleanup must not hide the failure being recorded: log store errors and go on."""
+    try:
+        action(arg)
+    except PipelineError as exc:
+        log.warning("cleanup step failed", error=str(exc), target=arg)
+
+
 def _backoff(attempt: int) -> float:
     """Exponential backoff with full jitter, capped."""
     ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (attempt - 1))
@@ -368,20 +376,29 @@ def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineEr
     for store_id in stores:
         store = services.stores.get(store_id)
         if store is not None:
-            store.discard_partial(ctx.image_id)
+            _best_effort(store.discard_partial, ctx.image_id)
     metrics.IMPORTS.labels(outcome="failure", code=exc.code).inc()
+    copy_job = ctx.request.method == "copy-image"
+    failed = list(getattr(exc, "failed_stores", None) or stores)
     with services.db.session() as session:
         image = repository.get_image(session, ctx.image_id)
         copied = ctx.outputs.get("copy")
-        if copied and image.status != ImageStatus.ACTIVE:
+        # Copies written by this job and not yet recorded as locations are orphans: remove.
+        if copied and (copy_job or image.status != ImageStatus.ACTIVE):
             for loc in copied["locations"]:
-                services.stores[loc["store_id"]].delete(loc["url"])
+                _best_effort(services.stores[loc["store_id"]].delete, loc["url"])
         if image.status == ImageStatus.IMPORTING:
             repository.set_image_status(
                 session, ctx.image_id, expected=ImageStatus.IMPORTING, new=ImageStatus.QUEUED
             )
-        repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, "")
-        repository.set_property(session, ctx.image_id, FAILED_IMPORT, ",".join(stores))
+        properties = {p.name: p.value for p in image.properties}
+        if copy_job:  # Glance keeps earlier failures of other stores
+            earlier = [s for s in properties.get(FAILED_IMPORT, "").split(",") if s]
+            failed = sorted(set(earlier) | set(failed))
+        importing = [s for s in properties.get(IMPORTING_TO_STORES, "").split(",") if s]
+        still = [s for s in importing if s not in stores]
+        repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, ",".join(still))
+        repository.set_property(session, ctx.image_id, FAILED_IMPORT, ",".join(failed))
         repository.set_task_status(
             session,
             ctx.task_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from imageport.config import Settings
-from imageport.errors import NoSpace, SizeLimitExceeded
+from imageport.errors import NoSpace, PermanentError, SizeLimitExceeded
+from imageport.pipeline import decompression
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.extents import data_runs
 from imageport.pipeline.hashing import MultiHasher
-from imageport.pipeline.inspector import StreamInspector
+from imageport.pipeline.inspector import StreamInspector, Verdict, reject
 from imageport.pipeline.sources import SourceInfo, file_chunks, http_stream
 
 NAME = "stage"
@@ -41,7 +43,8 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
 def still_valid(ctx: JobContext, output: dict[str, Any]) -> bool:
     """A finished stage is reused only while its staged file is intact."""
     path = ctx.work_dir / STAGED_NAME
-    return path.is_file() and path.stat().st_size == output.get("size")
+    # The staged file is the disk: the decompressed bytes when the upload was compressed.
+    return path.is_file() and path.stat().st_size == output.get("disk_size", output.get("size"))
 
 
 @contextlib.contextmanager
@@ -51,7 +54,11 @@ def _open_source(
     request = ctx.request
     if request.method == "web-download":
         with http_stream(
-            services.http, request.source, deadline_seconds=ctx.settings.http_deadline_seconds
+            services.http,
+            request.source,
+            deadline_seconds=ctx.settings.http_deadline_seconds,
+            max_bytes=ctx.settings.max_image_bytes,
+            max_redirects=ctx.settings.http_max_redirects,
         ) as opened:
             yield opened
         return
@@ -88,13 +95,18 @@ def _copy(
             sink=sink,
             progress=lambda done: ctx.progress(done, info.length),
         )
-        os.ftruncate(fd, scanned["size"])
+        if not scanned["complete"]:
+            # Refused from its first bytes: fail the stage before staging the rest.
+            Verdict(**scanned["verdict"]).raise_if_rejected()
+        os.ftruncate(fd, scanned["disk_size"])
         # No fsync: the staged file only has to survive a worker crash (the page cache does),
         # and a lost host loses local staging anyway; syncing would cost a full write-back of
         # the source on the hot path.
     finally:
         os.close(fd)
-    return {"path": str(target), **scanned}
+    # A decompressed image is stored as the bare disk it contains.
+    container = "bare" if scanned["compression"] else ctx.request.container_format
+    return {"path": str(target), "container_format": container, **scanned}
 
 
 def scan(
@@ -106,33 +118,48 @@ def scan(
     sink: Callable[[memoryview, int], None] | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:
-    """Count, cap, hash and inspect a byte stream, handing each chunk to ``sink`` on the way.
+    """Count, cap, hash, decompress and inspect a byte stream, handing disk bytes to ``sink``.
+
+    One pass: each received chunk is counted and hashed as it is pulled; if the stream starts
+    with a gzip/zstd/xz magic, the disk bytes are its decompressed output (one layer, capped),
+    otherwise the received chunks themselves. The inspector sees the disk bytes before ``sink``
+    does. A refusal that is certain before the end stops the reading before the next chunk
+    (``complete`` is then False and sizes and hashes are None), so at most one chunk past the
+    header region is ever read for a refused image.
 
     Raises:
-        SizeLimitExceeded: more than ``max_image_bytes`` arrived.
+        SizeLimitExceeded: more than ``max_image_bytes`` arrived. (A decompression bomb, a
+            nested layer or a damaged stream is a refusal verdict, like an early refusal.)
     """
-    inspector = StreamInspector()
+    inspector = StreamInspector(declared, settings)
     extra = _extra_hash(settings, extra_algo)
     with MultiHasher(settings.hash_algo) as hasher:
-        for chunk in chunks:
-            if hasher.size + len(chunk) > settings.max_image_bytes:
-                raise SizeLimitExceeded(
-                    f"the source is larger than max_image_bytes={settings.max_image_bytes}",
-                    code="upload_limit",
-                )
-            offset = hasher.size
-            hasher.update(chunk)
-            if extra is not None:
-                extra.update(chunk)
-            inspector.feed(chunk)
-            if sink is not None:
-                sink(chunk, offset)
-            if progress is not None:
-                progress(hasher.size)
+        received = _received(chunks, settings, hasher, extra, progress)
+        compression, disk_chunks = _disk_bytes(received, settings)
+        offset = 0
+        refused: Verdict | None = None
+        try:
+            for chunk in disk_chunks:
+                if refused is not None:
+                    # More bytes would be staged for an image already refused: stop reading.
+                    return {"complete": False, "compression": compression, **_refusal(refused)}
+                refused = inspector.feed(chunk)
+                if sink is not None:
+                    sink(chunk, offset)
+                offset += len(chunk)
+        except PermanentError as exc:
+            if exc.code not in decompression.REASON_CODES:
+                raise
+            # A bomb, a nested layer or a damaged stream: refuse the content seen so far.
+            broken = reject(inspector.best_guess(), exc.code, exc.message)
+            return {"complete": False, "compression": compression, **_refusal(broken)}
         digests = hasher.digests()
-    verdict = inspector.verdict(declared, settings)
+    verdict = refused or inspector.verdict()
     return {
+        "complete": True,
         "size": digests.size,
+        "disk_size": offset,
+        "compression": compression,
         "md5": digests.md5,
         "hash_algo": digests.algo,
         "hash_value": digests.value,
@@ -141,6 +168,55 @@ def scan(
         ),
         "verdict": verdict.as_output(),
     }
+
+
+def _refusal(verdict: Verdict) -> dict[str, Any]:
+    # The stream was not read to its end: sizes and hashes are unknown.
+    unknown = dict.fromkeys(("size", "disk_size", "md5", "hash_algo", "hash_value", "extra_hash"))
+    return {**unknown, "verdict": verdict.as_output()}
+
+
+def _received(
+    chunks: Iterator[memoryview],
+    settings: Settings,
+    hasher: MultiHasher,
+    extra: hashlib._Hash | None,
+    progress: Callable[[int], object] | None,
+) -> Iterator[memoryview]:
+    """The received chunks, each counted against the cap and hashed as it is pulled."""
+    for chunk in chunks:
+        if hasher.size + len(chunk) > settings.max_image_bytes:
+            raise SizeLimitExceeded(
+                f"the source is larger than max_image_bytes={settings.max_image_bytes}",
+                code="upload_limit",
+            )
+        hasher.update(chunk)
+        if extra is not None:
+            extra.update(chunk)
+        if progress is not None:
+            progress(hasher.size)
+        yield chunk
+
+
+def _disk_bytes(
+    received: Iterator[memoryview], settings: Settings
+) -> tuple[str | None, Iterator[memoryview]]:
+    """Peek at the first bytes: the compression found and the stream of disk bytes."""
+    head: list[memoryview] = []
+    seen = 0
+    for chunk in received:
+        # Tiny first chunks (HTTP) are copied so that a later chunk cannot overwrite them.
+        head.append(chunk if len(chunk) >= decompression.MAGIC_LENGTH else memoryview(bytes(chunk)))
+        seen += len(chunk)
+        if seen >= decompression.MAGIC_LENGTH:
+            break
+    start = b"".join(bytes(c[: decompression.MAGIC_LENGTH]) for c in head)
+    replayed = itertools.chain(head, received)
+    kind = decompression.detect(start)
+    if kind is None:
+        return None, replayed
+    out = bytearray(settings.chunk_size)
+    return kind, decompression.decompress(kind, replayed, out, settings.max_decompressed_bytes)
 
 
 def _extra_hash(settings: Settings, algo: str | None) -> hashlib._Hash | None:

@@ -8,7 +8,7 @@ behind. Reads are ranged streams. Results are frozen dataclasses, never tuples.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,3 +82,25 @@ class Store(Protocol):
 
     def discard_partial(self, key: str) -> None:
         """Remove what an interrupted write of ``key`` left behind (never a committed object)."""
+
+    def add(
+        self, key: str, chunks: Iterable[bytes | memoryview], *, size: int | None = None
+    ) -> StoredObject:
+        """Store the stream ``chunks`` as ``key`` (``size`` when known); see :func:`add_stream`."""
+
+
+def add_stream(
+    store: Store, key: str, chunks: Iterable[bytes | memoryview], *, size: int | None = None
+) -> StoredObject:
+    """Write ``chunks`` to ``store`` as ``key`` and commit; nothing is left behind on failure.
+
+    Raises:
+        PipelineError: whatever the store raised; the partial object is aborted first.
+    """
+    writer = store.begin_write(key, size=size)
+    try:
+        for chunk in chunks:
+            writer.write(memoryview(chunk))
+        return writer.commit()
+    finally:
+        writer.abort()  # a no-op after commit

@@ -6,12 +6,12 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from imageport.errors import InvalidRequest, NoSpace, SourceNotFound, StoreUnavailable
-from imageport.stores.base import StoredObject, check_key
+from imageport.stores.base import StoredObject, add_stream, check_key
 
 DEFAULT_READ_CHUNK = 8 * 1024 * 1024  # bytes per read of a stored file
 _PARTIAL_SUFFIX = ".partial"
@@ -99,6 +99,12 @@ class FileStore:
                 f"{self.root} or choose another store"
             )
         return FileWriter(self, check_key(key))
+
+    def add(
+        self, key: str, chunks: Iterable[bytes | memoryview], *, size: int | None = None
+    ) -> StoredObject:
+        """Write ``chunks`` as ``key`` atomically (temp file, fsync, rename)."""
+        return add_stream(self, key, chunks, size=size)
 
     def path_of(self, url: str) -> Path:
         """Map a ``file://`` URL to a path inside this store, refusing anything outside it."""

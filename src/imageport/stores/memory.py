@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from imageport.errors import SourceNotFound
-from imageport.stores.base import StoredObject, check_key
+from imageport.errors import InvalidRequest, SourceNotFound
+from imageport.stores.base import StoredObject, add_stream, check_key
 
 
 class MemoryWriter:
@@ -55,12 +55,20 @@ class MemoryStore:
 
     def begin_write(self, key: str, *, size: int | None = None) -> MemoryWriter:  # noqa: ARG002
         """Start an object."""
+        if self.read_only:
+            raise InvalidRequest(f"store {self.store_id} is read-only")
         return MemoryWriter(self, check_key(key))
+
+    def add(
+        self, key: str, chunks: Iterable[bytes | memoryview], *, size: int | None = None
+    ) -> StoredObject:
+        """Buffer ``chunks`` and publish them as ``key``."""
+        return add_stream(self, key, chunks, size=size)
 
     def read(self, url: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Yield the object's bytes."""
         try:
-            data = self.objects[url]
+            data = self.objects[self._own(url)]
         except KeyError as exc:
             raise SourceNotFound(f"{url} does not exist") from exc
         end = len(data) if length is None else offset + length
@@ -68,11 +76,17 @@ class MemoryStore:
 
     def exists(self, url: str) -> bool:
         """Whether the URL is stored."""
-        return url in self.objects
+        return self._own(url) in self.objects
 
     def delete(self, url: str) -> None:
         """Forget the URL."""
-        self.objects.pop(url, None)
+        self.objects.pop(self._own(url), None)
+
+    def _own(self, url: str) -> str:
+        """Return ``url`` if it is one of this store's locations, else raise InvalidRequest."""
+        if not url.startswith(f"memory://{self.store_id}/"):
+            raise InvalidRequest(f"{url} is not a location of store {self.store_id}")
+        return url
 
     def free_bytes(self) -> int | None:
         """Unknown."""

@@ -1,0 +1,129 @@
+"""Stage ``copy`` of copy-image: read one existing location once, write every new store.
+
+The source is a location in a configured store, a file store first (read by extents, so holes
+stay holes and are never read). The bytes are hashed once on the way and must match the image's
+``checksum``, ``os_hash_value`` and ``size`` before the new locations are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from imageport.errors import HashMismatch, InvalidRequest, PipelineError, SourceNotFound
+from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.copying import settle_failures, target_store_ids
+from imageport.pipeline.extents import Piece, read_extents
+from imageport.pipeline.fanout import FanOutResult, fan_out
+from imageport.pipeline.hashing import SUPPORTED_ALGOS, Digests, same_digest
+from imageport.records import ImageStatus, repository
+from imageport.records.models import LOCATION_ACTIVE
+from imageport.stores import FileStore, Store, StoreWriter
+
+NAME = "copy"
+
+
+def run(ctx: JobContext, services: Services) -> dict[str, Any]:
+    """Copy the active image to the request's stores; return the new locations and hashes.
+
+    Raises:
+        SourceNotFound: no location of the image is in a configured store.
+        HashMismatch: the bytes read do not match the image's recorded hashes.
+        StoreUnavailable: a store failed and all must succeed, or every store failed.
+    """
+    expected, sources = _image_facts(ctx, services)
+    targets = [services.stores[s] for s in target_store_ids(ctx)]
+    for store in targets:
+        store.discard_partial(ctx.image_id)  # leftovers of an interrupted attempt
+    result = _copy(ctx, sources, targets, expected)
+    assert result.digests is not None  # noqa: S101 - fan_out hashed with an algorithm
+    if result.stored and not _matches(result.digests, expected):
+        for obj in result.stored:
+            services.stores[obj.store_id].delete(obj.url)
+        raise HashMismatch(
+            f"the copy read from {sources[0][1]} does not match image {ctx.image_id} "
+            f"(md5 {result.digests.md5}, size {result.digests.size}; recorded md5 "
+            f"{expected.md5}, size {expected.size}); the location may be corrupt"
+        )
+    settle_failures(ctx, targets, result.stored, result.failed)
+    return {
+        "locations": [
+            {"store_id": o.store_id, "url": o.url, "metadata": {"store": o.store_id, **o.metadata}}
+            for o in result.stored
+        ],
+        "failed_stores": sorted(result.failed),
+        "source": sources[0][1],
+    }
+
+
+def _image_facts(ctx: JobContext, services: Services) -> tuple[Digests, list[tuple[Store, str]]]:
+    """The image's recorded hashes, and its readable locations (file stores first)."""
+    with services.db.session() as session:
+        image = repository.get_image(session, ctx.image_id)
+        if image.status != ImageStatus.ACTIVE:
+            raise InvalidRequest(f"image {ctx.image_id} is {image.status}, no longer active")
+        algo = image.os_hash_algo if image.os_hash_algo in SUPPORTED_ALGOS else None
+        expected = Digests(
+            md5=image.checksum or "",
+            algo=algo or ctx.settings.hash_algo,
+            value=(image.os_hash_value or "") if algo else "",
+            size=image.size or 0,
+        )
+        locations = [
+            (services.stores[loc.store_id], loc.url)
+            for loc in image.locations
+            if loc.status == LOCATION_ACTIVE and loc.store_id in services.stores
+        ]
+    if not locations:
+        raise SourceNotFound(f"image {ctx.image_id} has no location in a configured store")
+    # A file store is read by extents (holes skipped); any other store as a byte stream.
+    locations.sort(key=lambda pair: not isinstance(pair[0], FileStore))
+    return expected, locations
+
+
+def _copy(
+    ctx: JobContext,
+    sources: list[tuple[Store, str]],
+    targets: list[Store],
+    expected: Digests,
+) -> FanOutResult:
+    """One read of the first source location fanned out to every target."""
+    store, url = sources[0]
+    writers: dict[str, StoreWriter] = {}
+    failed: dict[str, PipelineError] = {}
+    try:
+        for target in targets:
+            try:
+                writers[target.store_id] = target.begin_write(ctx.image_id, size=expected.size)
+            except PipelineError as exc:
+                failed[target.store_id] = exc
+        result = fan_out(
+            _pieces(ctx, store, url),
+            writers,
+            chunk_size=ctx.settings.chunk_size,
+            hash_algo=expected.algo,
+            total=expected.size or None,
+            progress=ctx.progress,
+        )
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()  # fan_out aborts the writers it took; this covers a failed start
+        raise
+    result.failed.update(failed)
+    return result
+
+
+def _pieces(ctx: JobContext, store: Store, url: str) -> Iterator[Piece]:
+    if isinstance(store, FileStore):
+        yield from read_extents(store.path_of(url), bytearray(ctx.settings.chunk_size))
+        return
+    for chunk in store.read(url):
+        yield Piece(data=memoryview(chunk))
+
+
+def _matches(actual: Digests, expected: Digests) -> bool:
+    """Constant-time comparison of the copy's hashes with the image's (when recorded)."""
+    ok = actual.size == expected.size and same_digest(expected.md5, actual.md5)
+    if expected.value:
+        ok = same_digest(expected.value, actual.value) and ok
+    return ok
