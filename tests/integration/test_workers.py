@@ -332,3 +332,35 @@ def test_deleting_an_active_image_removes_its_data(dist_env, db, workers, tmp_pa
     cli(dist_env, "images", "delete", ids["image_id"])
     assert not stored.exists()
     assert _image(dist_env, ids["image_id"])["status"] == "deleted"
+
+
+def test_metrics_and_health_endpoints(dist_env, db, workers, tmp_path):
+    import socket  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workers("--processes", "2", "--metrics-port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _get(f"{base}/healthz") == 200, 30, "the health endpoint")
+    assert _get(f"{base}/readyz") == 200
+    ids = _submit(dist_env, make_qcow2(tmp_path / "m.qcow2"))
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "success", 60, "the import")
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'imageport_imports_total{code="",outcome="success"} 1.0' in text
+    assert "imageport_stage_duration_seconds_bucket" in text
+    assert 'imageport_queue_depth{queue="imports"} 0.0' in text
+    assert 'imageport_bytes_processed_total{stage="stage"}' in text
+
+
+def _get(url):
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except (urllib.error.URLError, ConnectionError):
+        return None

@@ -7,18 +7,24 @@ directory and this process serves their sum, plus the queue depth read from the 
 
 from __future__ import annotations
 
+import http.server
+import json
 import multiprocessing
 import os
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 
 from imageport.config import Settings
+from imageport.health import readiness
 from imageport.workers.process import run_worker_process
+from imageport.workers.queues import queue_depth
 
 log = structlog.get_logger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in every process
@@ -64,27 +70,62 @@ def supervise(
         return 0 if all(code == 0 for code in codes) else 1
 
 
-def _serve_metrics(settings: Settings, port: int, metrics_dir: Path) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+def _serve_metrics(settings: Settings, port: int, metrics_dir: Path | None) -> None:
+    """Serve /metrics (all worker processes), /healthz and /readyz on ``port``."""
+    from prometheus_client import (  # noqa: PLC0415
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+    )
     from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
-    from prometheus_client.registry import Collector  # noqa: PLC0415
-
-    from imageport.workers.queues import queue_depth  # noqa: PLC0415
-
-    class QueueDepth(Collector):
-        def collect(self) -> Iterator[object]:  # type: ignore[override]
-            from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
-
-            family = GaugeMetricFamily(
-                "imageport_queue_depth", "Messages waiting in the import queue", labels=["queue"]
-            )
-            depth = queue_depth(settings)
-            if depth is not None:
-                family.add_metric(["imports"], depth)
-            yield family
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
-    registry.register(QueueDepth())
-    start_http_server(port, registry=registry)
-    log.info("metrics served", port=port)
+    if metrics_dir is not None:
+        MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    registry.register(_QueueDepth(settings))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                self._send(200, b'{"status": "ok"}', "application/json")
+            elif self.path == "/readyz":
+                health = readiness(settings)
+                body = json.dumps(health.as_dict()).encode()
+                self._send(200 if health.ok else 503, body, "application/json")
+            else:
+                self._send(404, b"not found", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass  # scrapes and probes every few seconds would flood the log
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - scraped by Prometheus and probed by the orchestrator
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics and health served", port=port)
+
+
+class _QueueDepth:
+    """A custom collector: the import queue's length, read from the broker at scrape time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+        family = GaugeMetricFamily(
+            "imageport_queue_depth", "Messages waiting in the import queue", labels=["queue"]
+        )
+        depth = queue_depth(self._settings)
+        if depth is not None:
+            family.add_metric(["imports"], depth)
+        yield family

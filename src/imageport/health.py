@@ -1,0 +1,79 @@
+"""Readiness and liveness checks shared by ``imageport worker`` and ``imageport api``.
+
+Ready means every dependency a job needs answers: the database (``SELECT 1``), the broker
+(Redis ``PING``; nothing to check for the in-process broker) and the staging directory
+(writable). Live means the process is serving and its workers are alive.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from sqlalchemy import create_engine, text
+
+from imageport.config import Settings
+
+
+@dataclass(frozen=True)
+class Health:
+    """The outcome of the readiness checks: ``ok`` and one message per failed check."""
+
+    ok: bool
+    checks: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON body of a health endpoint."""
+        return {"status": "ok" if self.ok else "unavailable", "checks": self.checks}
+
+
+def readiness(settings: Settings) -> Health:
+    """Check the database, the broker and the staging directory."""
+    checks = {
+        "database": _check_database(settings),
+        "broker": _check_broker(settings),
+        "staging": _check_staging(settings),
+    }
+    return Health(ok=all(v == "ok" for v in checks.values()), checks=checks)
+
+
+def _check_database(settings: Settings) -> str:
+    engine = create_engine(settings.resolved_database_url, pool_pre_ping=False)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
+        return f"unreachable: {type(exc).__name__}"
+    finally:
+        engine.dispose()
+    return "ok"
+
+
+def _check_broker(settings: Settings) -> str:
+    url = settings.broker_url
+    if url.startswith("memory://"):
+        return "ok"
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        import redis  # noqa: PLC0415 - only the Redis broker needs it
+
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            return f"unreachable: {type(exc).__name__}"
+        finally:
+            client.close()
+        return "ok"
+    return "ok"  # AMQP: the broker object reconnects by itself; nothing cheap to probe
+
+
+def _check_staging(settings: Settings) -> str:
+    staging = settings.resolved_staging_dir
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=staging, prefix=".health-"):
+            pass
+    except OSError as exc:
+        return f"not writable: {os.strerror(exc.errno or 0)}"
+    return "ok"
