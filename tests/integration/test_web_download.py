@@ -731,3 +731,38 @@ def test_a_web_download_import_of_a_refused_url_fails_at_once(tmp_path, database
     assert "loopback" in task["message"]
     assert server.requests == []
     assert leftover_files(conf.resolved_staging_dir) == []
+
+
+def test_an_encoded_bomb_is_stored_raw_and_refused_by_the_capped_decompression(
+    corpus, tmp_path, database_url, server
+):
+    root, scenarios = corpus
+    answer = scenarios["content_encoding_bomb"]["responses"][0]
+    server.routes["/disk.img"] = body(
+        (root / answer["body_file"]).read_bytes(), headers=answer["headers"]
+    )
+    conf = Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        max_attempts=1,
+        max_decompressed_bytes=64 * MIB,
+        web_download_allowed_networks=LOOPBACK,
+        web_download_ports=(server.port,),
+    )
+    services = Services.from_settings(conf)
+    services.db.upgrade()
+    try:
+        request = ImportRequest(
+            method="web-download",
+            source=f"http://127.0.0.1:{server.port}/disk.img",
+            disk_format="raw",
+        )
+        submitted = submit_import(services, request, name="bomb")
+        outcome = runner.run_import(services, submitted.task_id)
+        task = _task(services, submitted.task_id)
+    finally:
+        services.close()
+
+    assert outcome.status == TaskStatus.FAILURE
+    assert task["error_code"] == "decompression_limit"
+    assert leftover_files(conf.resolved_staging_dir) == []

@@ -36,7 +36,7 @@ PAYLOAD = bytes(range(256)) * 4096 + b"\x00" * 3 * MIB
     [
         ("gzip", lambda d: gzip.compress(d, mtime=0)),
         ("zstd", lambda d: zstandard.ZstdCompressor().compress(d)),
-        ("xz", lambda d: lzma.compress(d)),
+        ("xz", lzma.compress),
     ],
 )
 @pytest.mark.parametrize("chunk", [7, 4096, 8 * MIB])

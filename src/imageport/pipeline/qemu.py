@@ -3,8 +3,9 @@
 Every call runs ``[unshare --net --] prlimit --as=… --cpu=… -- qemu-img …`` (no shell,
 ``LC_ALL=C``) in a new process group, so a timeout or a cancel kills qemu-img and anything it
 started; the network namespace is used wherever it can be created (:func:`network_sandbox`).
-File names are always paths the pipeline created itself. subprocess errors never leave this module: they become
-:class:`~imageport.errors.ConversionFailed` or :class:`~imageport.errors.QemuTimeout`.
+File names are always paths the pipeline created itself. subprocess errors never leave this
+module: they become :class:`~imageport.errors.ConversionFailed` or
+:class:`~imageport.errors.QemuTimeout`.
 """
 
 from __future__ import annotations

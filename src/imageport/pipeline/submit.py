@@ -9,6 +9,7 @@ from imageport.errors import InvalidRequest
 from imageport.pipeline.activation import IMPORT_TASK, IMPORTING_TO_STORES
 from imageport.pipeline.context import Services
 from imageport.pipeline.request import ImportRequest
+from imageport.pipeline.urlpolicy import parse_url
 from imageport.records import ImageStatus, repository
 
 
@@ -38,6 +39,8 @@ def submit_import(
         raise InvalidRequest(
             f"unknown store {', '.join(unknown)}; configured: {', '.join(services.stores)}"
         )
+    if request.method == "web-download":
+        parse_url(request.source)  # syntax and userinfo now; the worker vets the address
     if request.method == "local-file" and not Path(request.source).is_file():
         raise InvalidRequest(f"{request.source} is not a file: check the path")
     with services.db.session() as session:
