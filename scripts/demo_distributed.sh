@@ -320,6 +320,12 @@ for i in sorted(json.load(open(sys.argv[1]))["images"], key=lambda i: i["name"])
     print("  %s  %-7s %-6s %-4s %10d bytes  %s  md5 %s"
           % (i["id"], i["name"], i["status"], i["disk_format"], i["size"], stores, i["checksum"]))
 EOF
+for ((i = 0; i < ${#PIDS[@]}; i++)); do  # resident memory of each worker group, after the run
+  case ${NAMES[i]} in worker-*)
+    kib=$(ps -o rss= -p "${PIDS[i]}" --ppid "${PIDS[i]}" | awk '{ s += $1 } END { print s }')
+    echo "  ${NAMES[i]} resident memory now (supervisor + workers): $((kib / 1024)) MiB" ;;
+  esac
+done
 [ $((N1 + N2)) -eq "$IMAGES" ] || die "the workers report $((N1 + N2)) imports, expected $IMAGES"
 [ "$N2" -gt 0 ] || die "the second worker group took no job: scaling out did not help"
 

@@ -317,3 +317,30 @@ def test_illegal_transition_is_refused_and_writes_nothing(services, tmp_path):
     with services.db.session() as session:
         run = repository.latest_stage_runs(session, submitted.task_id)["activate"]
         assert run.status == StageStatus.DONE
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_compressed_upload_is_stored_decompressed_and_bare(services, tmp_path, compression):
+    import gzip  # noqa: PLC0415
+
+    import zstandard  # noqa: PLC0415
+
+    disk = make_qcow2(tmp_path / "disk.qcow2", virtual=16 * MIB, data=2 * MIB)
+    raw = disk.read_bytes()
+    packed = gzip.compress(raw) if compression == "gzip" else zstandard.compress(raw)
+    src = tmp_path / "disk.qcow2.packed"
+    src.write_bytes(packed)
+    import hashlib  # noqa: PLC0415
+
+    md5_of_upload = hashlib.md5(packed, usedforsecurity=False).hexdigest()
+    submitted, outcome = _import(
+        services, src, disk_format="qcow2", container_format="compressed", checksum=md5_of_upload
+    )
+
+    assert outcome.status == TaskStatus.SUCCESS
+    image = _image(services, submitted.image_id)
+    assert image["container_format"] == "bare"
+    stored = stored_path(image["locations"][0]["url"])
+    assert stored.read_bytes() == raw  # the decompressed disk, unchanged
+    assert image["checksum"] == file_digests(stored)[0]
+    assert image["size"] == len(raw)

@@ -18,7 +18,6 @@ from imageport.errors import (
     NotFound,
     StateConflict,
 )
-from imageport.records.db import alembic_config
 from imageport.records import (
     Database,
     Image,
@@ -31,6 +30,7 @@ from imageport.records import (
     repository,
     task_to_dict,
 )
+from imageport.records.db import alembic_config
 
 TABLES = {
     "images",

@@ -52,7 +52,10 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
             size=copied["size"],
             virtual_size=virtual_size,
             disk_format=converted["format"],
-            container_format=ctx.request.container_format,
+            # "bare" once a compressed upload was unpacked; else what the request declared.
+            container_format=ctx.outputs["stage"].get(
+                "container_format", ctx.request.container_format
+            ),
         )
         repository.set_task_status(
             session,

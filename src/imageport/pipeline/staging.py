@@ -59,12 +59,34 @@ def _open_source(
             deadline_seconds=ctx.settings.http_deadline_seconds,
             max_bytes=ctx.settings.max_image_bytes,
             max_redirects=ctx.settings.http_max_redirects,
-        ) as opened:
-            yield opened
+        ) as (info, chunks):
+            yield info, coalesce(chunks, buffer)
         return
     path = Path(request.source)
     length = path.stat().st_size if path.is_file() else None
     yield SourceInfo(length=length), file_chunks(path, buffer)
+
+
+def coalesce(chunks: Iterator[memoryview], buffer: bytearray) -> Iterator[memoryview]:
+    """Gather small network reads into ``buffer``-sized chunks.
+
+    A server (or a network) that delivers tiny reads would otherwise cost one inspector,
+    hashing and write round per read; one copy into a reused buffer is far cheaper.
+    """
+    view = memoryview(buffer)
+    filled = 0
+    for received in chunks:
+        rest = received
+        while len(rest):
+            n = min(len(rest), len(view) - filled)
+            view[filled : filled + n] = rest[:n]
+            filled += n
+            rest = rest[n:]
+            if filled == len(view):
+                yield view
+                filled = 0
+    if filled:
+        yield view[:filled]
 
 
 def _check_space(where: Path, needed: int | None) -> None:
