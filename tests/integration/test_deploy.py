@@ -95,6 +95,8 @@ def doc_default(setting: str) -> str:
     value = _default(setting)
     if value is None:
         return "unset"
+    if value == "":
+        return "empty"
     text = f"`{env_default(setting).strip(chr(39))}`"
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1024**2:
         exp = int(math.log(value, 1024))
@@ -130,7 +132,7 @@ def build_settings(monkeypatch, env: dict[str, str], toml_text: str | None = Non
 
 
 def is_setting(name: str) -> bool:
-    if name in NOT_SETTINGS:
+    if name in NOT_SETTINGS or name == "IMAGEPORT_STORES__":  # the documented <ID>__<FIELD> form
         return True
     suffix = name.removeprefix("IMAGEPORT_").lower()
     if suffix.startswith("stores__"):
@@ -153,14 +155,27 @@ def parse_command(argv: list[str]) -> tuple[str, dict[str, object]]:
     while isinstance(command, click.Group):
         assert args, f"`imageport {' '.join(argv)}` names no subcommand"
         name, *args = args
+        if name in ("--help", "--version"):
+            return "", {}
         sub = command.get_command(click.Context(command), name)
         assert sub is not None, f"`imageport {' '.join(argv)}`: no command {name!r}"
         command, path = sub, [*path, name]
+    args = _fill_variables(args)
     try:
         ctx = command.make_context(f"imageport {' '.join(path)}", args)
     except click.ClickException as exc:
         raise AssertionError(f"`imageport {' '.join(argv)}`: {exc.format_message()}") from exc
     return " ".join(path), dict(ctx.params)
+
+
+def _fill_variables(args: list[str]) -> list[str]:
+    """Shell variables become a value any option accepts ("1"), or their name as an argument."""
+    return [
+        ("1" if i and args[i - 1].startswith("--") else arg.strip("${}"))
+        if arg.startswith("$")
+        else arg
+        for i, arg in enumerate(args)
+    ]
 
 
 def check_command(argv: list[str]) -> tuple[str, dict[str, object]]:
@@ -247,17 +262,47 @@ def dockerfile() -> list[tuple[str, str]]:
     return out
 
 
-def doc_commands(text: str) -> list[list[str]]:
-    """`imageport ...` command lines in shell code of docs and scripts."""
-    commands = []
-    for raw in text.splitlines():
-        line = raw.split(" #", 1)[0].strip().removeprefix("$ ")
-        line = re.sub(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*", "", line)
-        for part in re.split(r"\s*(?:&&|\|\||;|\|)\s*", line):
-            words = shlex.split(part, comments=True) if part.count('"') % 2 == 0 else []
-            if words[:1] == ["imageport"] and len(words) > 1 and "<" not in part:
-                commands.append([w.replace("$", "") for w in words[1:]])
+SHELL_WORDS = {"if", "then", "do", "else", "elif", "while", "until", "!", "exec", "time"}
+OPERATORS = set("|&;()<>")
+
+
+def _shell_commands(line: str) -> list[list[str]]:
+    """Simple commands of one shell line (pipes, lists, $(...), redirections split off)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:
+        return []
+    commands, current, skip = [], [], False
+    for token in [*tokens, ";"]:
+        if token and set(token) <= OPERATORS:
+            if current and current[-1].isdigit() and token.startswith((">", "<")):
+                current.pop()  # 2>&1, 2>/dev/null
+            commands.append(current)
+            current, skip = [], token.startswith((">", "<"))
+        elif skip:
+            skip = False  # the redirection's target
+        else:
+            current.append(token)
     return commands
+
+
+def doc_commands(text: str) -> list[list[str]]:
+    """`imageport ...` command lines in shell code of docs and scripts (`$VAR` kept)."""
+    found = []
+    for raw in re.sub(r"\\\n\s*", " ", text).splitlines():
+        line = raw.strip().removeprefix("$ ")
+        if not line or line.startswith("#"):
+            continue
+        for words in _shell_commands(line):
+            while words and (words[0] in SHELL_WORDS or re.match(r"^[A-Za-z_]\w*=", words[0])):
+                words = words[1:]
+            if words[:1] == ["start"]:  # the demo's `start NAME command...`
+                words = words[2:]
+            if words and Path(words[0]).name == "imageport" and len(words) > 1:
+                found.append(words[1:])
+    return found
 
 
 def operations_commands() -> list[list[str]]:

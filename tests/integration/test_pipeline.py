@@ -344,3 +344,73 @@ def test_compressed_upload_is_stored_decompressed_and_bare(services, tmp_path, c
     assert stored.read_bytes() == raw  # the decompressed disk, unchanged
     assert image["checksum"] == file_digests(stored)[0]
     assert image["size"] == len(raw)
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    body = b""
+    honour_range = True
+    requests: list[str | None] = []
+
+    def do_GET(self):
+        wanted = self.headers.get("Range")
+        type(self).requests.append(wanted)
+        start = 0
+        if wanted and self.honour_range:
+            start = int(wanted.removeprefix("bytes=").split("-")[0])
+            self.send_response(206)
+            self.send_header(
+                "Content-Range", f"bytes {start}-{len(self.body) - 1}/{len(self.body)}"
+            )
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body) - start))
+        self.end_headers()
+        self.wfile.write(self.body[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_interrupted_download_resumes_with_range(services, tmp_path, honour_range):
+    src = make_qcow2(tmp_path / "disk.qcow2", virtual=64 * MIB, data=24 * MIB)
+    _RangeHandler.body = src.read_bytes()
+    _RangeHandler.honour_range = honour_range
+    _RangeHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/disk.qcow2"
+        request = ImportRequest(method="web-download", source=url, disk_format="qcow2")
+        submitted = submit_import(services, request)
+        staged = services.settings.resolved_staging_dir / submitted.task_id / "source"
+        import imageport.pipeline.staging as staging_module  # noqa: PLC0415
+
+        real_pwrite = staging_module._pwrite_all
+        written = {"bytes": 0}
+
+        def crashing_pwrite(fd, data, offset):
+            real_pwrite(fd, data, offset)
+            written["bytes"] += len(data)
+            if written["bytes"] >= 8 * MIB:
+                raise _Crash
+
+        staging_module._pwrite_all = crashing_pwrite
+        try:
+            with pytest.raises(_Crash):
+                runner.run_import(services, submitted.task_id)
+        finally:
+            staging_module._pwrite_all = real_pwrite
+        assert 0 < staged.stat().st_size < len(_RangeHandler.body)
+
+        assert runner.run_import(services, submitted.task_id).status == TaskStatus.SUCCESS
+    finally:
+        server.shutdown()
+        server.server_close()
+    image = _image(services, submitted.image_id)
+    assert image["checksum"] == file_digests(src)[0]
+    assert _RangeHandler.requests[0] is None
+    assert _RangeHandler.requests[1] is not None  # the second attempt asked for the rest
+    with services.db.session() as session:
+        output = repository.latest_stage_runs(session, submitted.task_id)["stage"].output
+    assert (output["resumed_from"] > 0) == honour_range

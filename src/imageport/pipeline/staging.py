@@ -30,14 +30,55 @@ NAME = "stage"
 STAGED_NAME = "source"  # the staged file's name inside the task's private directory
 
 
+RESUME_MARKER = "source.resume"  # names the URL whose uncompressed bytes ``source`` holds
+
+
 def run(ctx: JobContext, services: Services) -> dict[str, Any]:
-    """Stage the source and return its size, hashes and the inspector's verdict."""
+    """Stage the source and return its size, hashes and the inspector's verdict.
+
+    A web-download interrupted by a crash continues with a ``Range`` request from the end of
+    what the earlier attempt staged, when the bytes were not compressed (the staged file then
+    holds exactly the bytes received) and the server honours the range; the staged prefix is
+    read back once to rebuild the hashes and the inspector's view.
+    """
     ctx.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = ctx.work_dir / STAGED_NAME
     buffer = bytearray(ctx.settings.chunk_size)
-    with _open_source(ctx, services, buffer) as (info, chunks):
+    resume = _resumable_bytes(ctx, target)
+    with _open_source(ctx, services, buffer, offset=resume) as (info, body):
+        if info.start != resume:
+            resume = 0  # the server sent the whole body: start over
+        chunks = body
+        if resume:
+            # The file chunks are used up before the body's first chunk fills the buffer.
+            chunks = itertools.chain(file_chunks(target, buffer), body)
+        elif ctx.request.method == "web-download":
+            chunks = _mark_resumable(ctx, body)
         _check_space(ctx.work_dir, info.length)
-        return _copy(ctx, chunks, target, info)
+        staged = _copy(ctx, chunks, target, info, keep=resume)
+    (ctx.work_dir / RESUME_MARKER).unlink(missing_ok=True)
+    return {**staged, "resumed_from": resume}
+
+
+def _resumable_bytes(ctx: JobContext, target: Path) -> int:
+    marker = ctx.work_dir / RESUME_MARKER
+    if ctx.request.method != "web-download" or not marker.is_file() or not target.is_file():
+        return 0
+    if marker.read_text() != ctx.request.source:
+        return 0
+    return target.stat().st_size
+
+
+def _mark_resumable(ctx: JobContext, chunks: Iterator[memoryview]) -> Iterator[memoryview]:
+    """Pass chunks on; after the first, record whether a crash could resume this download."""
+    marker = ctx.work_dir / RESUME_MARKER
+    first = True
+    for chunk in chunks:
+        if first:
+            first = False
+            if decompression.detect(chunk) is None:  # compressed: staged bytes != received
+                marker.write_text(ctx.request.source)
+        yield chunk
 
 
 def still_valid(ctx: JobContext, output: dict[str, Any]) -> bool:
@@ -49,7 +90,7 @@ def still_valid(ctx: JobContext, output: dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def _open_source(
-    ctx: JobContext, services: Services, buffer: bytearray
+    ctx: JobContext, services: Services, buffer: bytearray, *, offset: int = 0
 ) -> Iterator[tuple[SourceInfo, Iterator[memoryview]]]:
     request = ctx.request
     if request.method == "web-download":
@@ -59,6 +100,7 @@ def _open_source(
             deadline_seconds=ctx.settings.http_deadline_seconds,
             max_bytes=ctx.settings.max_image_bytes,
             max_redirects=ctx.settings.http_max_redirects,
+            offset=offset,
         ) as (info, chunks):
             yield info, coalesce(chunks, buffer)
         return
@@ -99,12 +141,17 @@ def _check_space(where: Path, needed: int | None) -> None:
 
 
 def _copy(
-    ctx: JobContext, chunks: Iterator[memoryview], target: Path, info: SourceInfo
+    ctx: JobContext, chunks: Iterator[memoryview], target: Path, info: SourceInfo, *, keep: int = 0
 ) -> dict[str, Any]:
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # keep > 0: the first ``keep`` bytes are already staged (a resumed download).
+    flags = os.O_WRONLY | os.O_CREAT | (0 if keep else os.O_TRUNC)
+    fd = os.open(target, flags, 0o600)
+    total = None if info.length is None else info.start + info.length
     try:
 
         def sink(chunk: memoryview, offset: int) -> None:
+            if offset + len(chunk) <= keep:
+                return  # read back from the staged file itself: already there
             # Zero blocks are not written: they stay holes, so staged raw images stay sparse.
             for start, end in data_runs(chunk):
                 _pwrite_all(fd, chunk[start:end], offset + start)
@@ -115,7 +162,7 @@ def _copy(
             declared=ctx.request.disk_format,
             extra_algo=ctx.request.os_hash_algo,
             sink=sink,
-            progress=lambda done: ctx.progress(done, info.length),
+            progress=lambda done: ctx.progress(done, total),
         )
         if not scanned["complete"]:
             # Refused from its first bytes: fail the stage before staging the rest.
