@@ -349,7 +349,7 @@ def test_compressed_upload_is_stored_decompressed_and_bare(services, tmp_path, c
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     body = b""
     honour_range = True
-    requests: list[str | None] = []
+    requests: ClassVar[list[str | None]] = []
 
     def do_GET(self):
         wanted = self.headers.get("Range")
