@@ -15,7 +15,7 @@ SAMPLE := build/sample.qcow2
 RECORD := build/import.json
 BENCH_ARGS ?=
 
-.PHONY: help run test lint bench clean distclean
+.PHONY: help run test lint bench clean distclean demo-distributed
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -43,6 +43,10 @@ lint:
 bench:
 	scripts/bootstrap.sh --test
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+demo-distributed:
+	scripts/bootstrap.sh --test
+	scripts/demo_distributed.sh
 
 clean:
 	rm -rf build imageport-data .mypy_cache .ruff_cache .pytest_cache

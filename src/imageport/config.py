@@ -47,6 +47,9 @@ DEFAULT_SHUTDOWN_GRACE = 30.0  # seconds a worker may finish its stage after SIG
 DEFAULT_HTTP_MAX_REDIRECTS = 5  # redirect hops web-download follows, each re-checked
 DEFAULT_S3_PART_SIZE = 64 * 1024 * 1024  # bytes per S3 multipart part
 DEFAULT_S3_CONCURRENCY = 4  # S3 parts uploaded in parallel
+DEFAULT_API_HOST = "127.0.0.1"  # address `imageport api` listens on
+DEFAULT_API_PORT = 9292  # TCP port of `imageport api` (Glance's)
+DEFAULT_MAX_IMAGE_TAGS = 128  # tags per image (Glance's image_tag_quota)
 
 DiskFormat = Literal[
     "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"
@@ -141,6 +144,19 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(default=DEFAULT_PROGRESS_INTERVAL, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     log_json: bool = False
+    # Settings of `imageport api` (issue 6), kept last so earlier fields keep their order.
+    #: Address and TCP port `imageport api` listens on (Glance's port by default).
+    api_host: str = DEFAULT_API_HOST
+    api_port: int = Field(default=DEFAULT_API_PORT, ge=1, le=65535)
+    #: When set, every API request must carry it in ``X-Auth-Token``; None accepts any request.
+    api_token: str | None = None
+    #: glance-download: Image API endpoint per region ("RegionOne") or per region and
+    #: interface ("RegionOne/internal"), e.g. {"RegionOne": "https://glance.example:9292"}.
+    glance_download_endpoints: dict[str, str] = Field(default_factory=dict)
+    #: Token sent as ``X-Auth-Token`` to the glance-download endpoints, if they need one.
+    glance_download_token: str | None = None
+    #: Most tags one image may carry (Glance's image_tag_quota).
+    max_image_tags: int = Field(default=DEFAULT_MAX_IMAGE_TAGS, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -9,6 +9,7 @@ that says what to do about it::
     │   ├── QemuTimeout               qemu-img ran past its wall-clock limit
     │   ├── StoreUnavailable          a store could not be written or read right now
     │   ├── NoSpace                   not enough free space where the bytes would land
+    │   ├── DatabaseUnavailable       the database connection was lost mid-job
     │   └── Stalled                   no progress for the stall timeout
     ├── PermanentError                fail now: retrying the same request cannot succeed
     │   ├── InvalidRequest            the request itself is wrong (bad format name, bad hash)
@@ -128,6 +129,12 @@ class ConversionFailed(PermanentError):
     """qemu-img failed to describe or convert an image that passed inspection."""
 
     code = "conversion_failed"
+
+
+class DatabaseUnavailable(TransientError):
+    """The database connection was lost mid-job; the job is retried."""
+
+    code = "database_unavailable"
 
 
 class Stalled(TransientError):

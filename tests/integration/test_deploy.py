@@ -208,16 +208,16 @@ def systemd_command(unit: str) -> list[str]:
     return argv[1:]
 
 
-def env_file() -> dict[str, tuple[str, bool]]:
-    """deploy/systemd/imageport.env: name -> (value, commented)."""
-    found: dict[str, tuple[str, bool]] = {}
+def env_file() -> tuple[dict[str, str], dict[str, str]]:
+    """deploy/systemd/imageport.env: (active variables, commented-out defaults)."""
+    active: dict[str, str] = {}
+    commented: dict[str, str] = {}
     for raw in (SYSTEMD / "imageport.env").read_text().splitlines():
         match = re.fullmatch(r"(#?)(IMAGEPORT_[A-Z0-9_]+)=(.*)", raw.strip())
         if match:
-            commented, name, value = match.groups()
-            if name not in found or not commented:
-                found[name] = (_unquote(value), bool(commented))
-    return found
+            hashed, name, value = match.groups()
+            (commented if hashed else active)[name] = _unquote(value)
+    return active, commented
 
 
 def kube_documents() -> list[dict]:
@@ -262,7 +262,7 @@ def dockerfile() -> list[tuple[str, str]]:
     return out
 
 
-SHELL_WORDS = {"if", "then", "do", "else", "elif", "while", "until", "!", "exec", "time"}
+SHELL_WORDS = {"if", "then", "do", "else", "elif", "while", "until", "!", "exec", "time", "{"}
 OPERATORS = set("|&;()<>")
 
 
@@ -295,11 +295,12 @@ def doc_commands(text: str) -> list[list[str]]:
         line = raw.strip().removeprefix("$ ")
         if not line or line.startswith("#"):
             continue
-        for words in _shell_commands(line):
+        for command in _shell_commands(line):
+            words = list(command)
             while words and (words[0] in SHELL_WORDS or re.match(r"^[A-Za-z_]\w*=", words[0])):
-                words = words[1:]
+                del words[0]
             if words[:1] == ["start"]:  # the demo's `start NAME command...`
-                words = words[2:]
+                del words[:2]
             if words and Path(words[0]).name == "imageport" and len(words) > 1:
                 found.append(words[1:])
     return found
@@ -362,10 +363,7 @@ def test_every_imageport_variable_is_a_real_setting(path):
 
 
 def test_env_file_lists_every_setting_with_its_default(monkeypatch):
-    entries = env_file()
-    for setting in Settings.model_fields:
-        assert env_name(setting) in entries, f"imageport.env lacks {env_name(setting)}"
-    commented = {n: v for n, (v, c) in entries.items() if c}
+    active, commented = env_file()
     for setting in Settings.model_fields:
         value = commented.get(env_name(setting))
         assert value is not None, f"imageport.env: no commented default for {setting}"
@@ -373,8 +371,9 @@ def test_env_file_lists_every_setting_with_its_default(monkeypatch):
         if value:  # an empty value means "unset": the default is None
             got = getattr(build_settings(monkeypatch, {env_name(setting): value}), setting)
             assert got == _default(setting), f"{setting}: {value!r} gives {got!r}"
-    active = {n: v for n, (v, c) in entries.items() if not c and n != CONFIG_ENV}
-    build_settings(monkeypatch, active)
+    conf = build_settings(monkeypatch, active)
+    assert not conf.is_embedded
+    assert conf.data_dir == Path("/var/lib/imageport")  # systemd's StateDirectory=imageport
 
 
 def test_configuration_doc_lists_every_setting():
@@ -447,7 +446,9 @@ def test_systemd_ports_and_stop_timeout():
     worker_unit = systemd_units()["imageport-worker@.service"]
     assert _port_of(api, "--port") == API_PORT
     assert "--metrics-port %i" in worker_unit["ExecStart"][0]
-    grace = _grace(env_file()["IMAGEPORT_SHUTDOWN_GRACE_SECONDS"][0])
+    active, commented = env_file()
+    name = "IMAGEPORT_SHUTDOWN_GRACE_SECONDS"
+    grace = _grace(active.get(name, commented[name]))
     for unit, entries in systemd_units().items():
         assert entries["KillSignal"] == ["SIGTERM"], unit
         (timeout,) = entries["TimeoutStopSec"]
@@ -652,8 +653,18 @@ def test_operations_doc_and_demo_agree():
     section = section[: section.index("\n## ", 5)]
     steps = doc_commands("\n".join(re.findall(r"```sh\n(.*?)```", section, re.DOTALL)))
     demo = doc_commands(DEMO.read_text())
+    demo_shapes = [_shape(argv) for argv in demo]
     for argv in steps:
-        assert argv[:2] in [d[:2] for d in demo], f"the demo never runs `imageport {argv[:2]}`"
+        path, flags = _shape(argv)
+        assert any(path == p and flags <= f for p, f in demo_shapes), (
+            f"docs/operations.md runs `imageport {shlex.join(argv)}`; the demo does not"
+        )
+
+
+def _shape(argv: list[str]) -> tuple[tuple[str, ...], set[str]]:
+    """A command's path (`tasks list`) and the flags it uses."""
+    depth = 2 if argv[0] in ("images", "tasks", "db", "stores") else 1
+    return tuple(argv[:depth]), {a for a in argv if a.startswith("--")}
 
 
 @pytest.mark.slow
@@ -671,7 +682,8 @@ def test_demo_distributed_end_to_end():
     proc = subprocess.run(
         [str(DEMO)], env=env, capture_output=True, text=True, timeout=140, check=False
     )
-    tail = (proc.stdout + proc.stderr)[-6000:]
+    steps = [line for line in proc.stderr.splitlines() if line.startswith("demo:")]
+    tail = "\n".join(steps) + "\n" + proc.stderr[-4000:]
     assert proc.returncode == 0, tail
     assert "demo-distributed: OK" in proc.stdout
     counts = [int(n) for n in re.findall(r"worker group \d .*?(\d+) imports", proc.stdout)]
@@ -679,3 +691,5 @@ def test_demo_distributed_end_to_end():
     assert counts[1] > 0, "the worker group started mid-run took no job"
     if API_AVAILABLE:
         assert "submitted through: imageport api" in proc.stdout
+        if "api ignored IMAGEPORT_TARGET_FORMAT" in proc.stderr:
+            pytest.xfail("imports through imageport api ignore the target_format setting (issue 6)")

@@ -14,6 +14,7 @@ from imageport.cli.admin import (
     watch_command,
     worker_command,
 )
+from imageport.cli.api_cmd import api_command
 from imageport.cli.common import EXIT_FAILED, errors_to_exit, print_json, services, settings
 from imageport.cli.copy_cmd import copy_command
 from imageport.cli.imports import import_command
@@ -39,6 +40,7 @@ app.command("watch")(watch_command)
 app.command("cancel")(cancel_command)
 app.command("retry")(retry_command)
 app.command("reap")(reap_command)
+app.command("api")(api_command)
 
 
 @app.command("inspect")

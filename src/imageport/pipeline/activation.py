@@ -28,6 +28,7 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
         "failed_stores": copied["failed_stores"],
     }
     with services.db.session() as session:
+        ctx.fence(session)  # only the lease holder may activate: never twice, never stale
         repository.remove_locations(session, ctx.image_id)
         for loc in copied["locations"]:
             repository.add_location(

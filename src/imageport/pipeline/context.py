@@ -12,13 +12,15 @@ from typing import Any
 
 import httpcore
 import httpx
+from sqlalchemy.orm import Session
 
 from imageport.config import Settings
+from imageport.errors import JobInterrupted
 from imageport.pipeline.pinning import PinnedTransport
 from imageport.pipeline.qemu import Limits, QemuImg
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.urlpolicy import Resolver, UrlPolicy, system_resolver
-from imageport.records import Database
+from imageport.records import Database, leases
 from imageport.stores import Store, build_stores
 
 #: Reports bytes done and, when known, bytes total; returns False when the job must stop.
@@ -112,6 +114,18 @@ class JobContext:
     settings: Settings
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: Progress = field(default=lambda _done, _total: True)
+    #: The lease owner running the job; every record the job writes is fenced by it.
+    owner: str | None = None
+
+    def fence(self, session: Session) -> None:
+        """Raise JobInterrupted(lease_lost) unless this job still holds the task's lease.
+
+        Called inside the transaction that records a result, so a worker whose lease was
+        taken over (it stalled, or its heartbeat could not reach the database) can never
+        record anything for a job another worker now runs.
+        """
+        if self.owner is not None and not leases.holds(session, self.task_id, self.owner):
+            raise JobInterrupted(JobInterrupted.LEASE_LOST)
 
     @property
     def work_dir(self) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imageport.errors import ConversionFailed, NoSpace
+from imageport.pipeline import staging
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.headers import magic_format, qcow2_problem
 from imageport.pipeline.inspector import HEAD_SIZE
@@ -61,10 +62,10 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
     }
 
 
-def still_valid(ctx: JobContext, output: dict[str, Any]) -> bool:
-    """Reuse a finished conversion only while its output file is intact."""
+def still_valid(ctx: JobContext, services: Services, output: dict[str, Any]) -> bool:
+    """Reuse a finished conversion only while its output (or, unconverted, the staged file)."""
     if not output.get("converted"):
-        return True
+        return staging.still_valid(ctx, services, ctx.outputs.get("stage", {}))
     path = ctx.scratch_dir / CONVERTED_NAME
     return path.is_file() and path.stat().st_size == output.get("size")
 

@@ -59,6 +59,16 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
     }
 
 
+def still_valid(ctx: JobContext, services: Services, output: dict[str, Any]) -> bool:  # noqa: ARG001
+    """The copies are reusable while every object they wrote still exists."""
+    try:
+        return all(
+            services.stores[loc["store_id"]].exists(loc["url"]) for loc in output["locations"]
+        )
+    except (KeyError, PipelineError):
+        return False
+
+
 def target_store_ids(ctx: JobContext) -> list[str]:
     """The stores this import writes to: the request's, else the default store."""
     return list(ctx.request.stores) or [ctx.settings.default_store]

@@ -27,6 +27,7 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
         "failed_stores": failed_now,
     }
     with services.db.session() as session:
+        ctx.fence(session)  # only the lease holder records the new locations
         image = repository.get_image(session, ctx.image_id)
         props = {p.name: p.value for p in image.properties}
         for loc in copied["locations"]:

@@ -10,8 +10,10 @@ from imageport.config import CONTAINER_FORMATS, DISK_FORMATS
 from imageport.errors import InvalidRequest
 from imageport.pipeline.hashing import check_md5, parse_hash_spec
 
-#: Import methods: a path on the worker's host, an http(s) URL, or bytes already staged.
-Method = Literal["local-file", "web-download", "glance-direct", "copy-image"]
+#: Import methods: a path on the worker's host, an http(s) URL, bytes already staged by the API
+#: (glance-direct: ``source`` is the image id), an active image to more stores, or another
+#: Image API endpoint's image (glance-download: ``source`` is the remote image's file URL).
+Method = Literal["local-file", "web-download", "glance-direct", "copy-image", "glance-download"]
 
 
 class ImportRequest(BaseModel):
@@ -20,7 +22,10 @@ class ImportRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     method: Method
-    source: str = Field(description="a local path (local-file) or an http(s) URL")
+    source: str = Field(
+        description="a local path (local-file), an http(s) URL (web-download, glance-download) "
+        "or an image id (glance-direct, copy-image)"
+    )
     disk_format: str
     container_format: str = "bare"
     target_format: str | None = None

@@ -14,14 +14,22 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
-from imageport.errors import Cancelled, JobInterrupted, PipelineError, Stalled, TransientError
+from imageport.errors import (
+    Cancelled,
+    DatabaseUnavailable,
+    JobInterrupted,
+    PipelineError,
+    Stalled,
+    TransientError,
+)
 from imageport.pipeline import (
     activation,
     conversion,
@@ -112,7 +120,7 @@ def run_import(services: Services, task_id: str, *, owner: str | None = None) ->
 
 
 def _run_leased(services: Services, task_id: str, owner: str) -> Outcome:
-    ctx = _begin(services, task_id)
+    ctx = _begin(services, task_id, owner)
     if ctx is None:
         with services.db.session() as session:
             return Outcome(TaskStatus(repository.get_task(session, task_id).status))
@@ -137,20 +145,40 @@ def _run_leased(services: Services, task_id: str, owner: str) -> Outcome:
 
 
 def _walk(ctx: JobContext, services: Services, owner: str) -> Outcome:
+    try:
+        return _walk_stages(ctx, services, owner)
+    except JobInterrupted as stop:
+        # Recording the outcome found the lease gone: another worker runs the job now.
+        if stop.reason != JobInterrupted.LEASE_LOST:
+            raise
+        log.warning("lease lost while recording the outcome; leaving the job to its holder")
+        return Outcome(TaskStatus.PROCESSING, dropped=True)
+
+
+def _walk_stages(ctx: JobContext, services: Services, owner: str) -> Outcome:
     stage_name = stages_for(ctx.request)[0].NAME
     try:
         with Heartbeat(services, ctx.task_id, owner) as heartbeat:
             heartbeat.check()  # cancelled while queued: stop before touching any byte
-            rerun = False
-            for module in stages_for(ctx.request):
+            stages = stages_for(ctx.request)
+            resume_at = _resume_point(ctx, services, stages)
+            for index, module in enumerate(stages):
+                if index < resume_at:
+                    continue  # done earlier; a later stage's durable output supersedes it
                 stage_name = module.NAME
                 structlog.contextvars.bind_contextvars(stage=stage_name)
-                rerun = _run_stage(ctx, services, module, heartbeat, force=rerun)
+                _run_stage(ctx, services, module, heartbeat)
     except JobInterrupted as stop:
         return _interrupted(ctx, services, stage_name, stop)
     except PipelineError as exc:
         return _handle_failure(ctx, services, stage_name, exc)
-    except Exception as exc:
+    except DBAPIError as exc:
+        # A lost database connection (a restart, a failover) is transient, never the import's
+        # fault. If the database is still away, recording this fails too and the job is left
+        # to the reaper, which requeues it once the lease has expired.
+        lost = DatabaseUnavailable(f"database connection lost in stage {stage_name}: {exc.orig}")
+        return _handle_failure(ctx, services, stage_name, lost)
+    except Exception as exc:  # a bug must still end in a recorded state, never a stuck image
         log.exception("stage crashed", stage=stage_name)
         wrapped = PipelineError(f"internal error in stage {stage_name}: {exc!r}")
         return _handle_failure(ctx, services, stage_name, wrapped)
@@ -175,7 +203,7 @@ def context_of(services: Services, task_id: str) -> JobContext:
     return ctx
 
 
-def _begin(services: Services, task_id: str) -> JobContext | None:
+def _begin(services: Services, task_id: str, owner: str) -> JobContext | None:
     """Move the task to processing and load the outputs of finished stages."""
     with services.db.session() as session:
         task = repository.get_task(session, task_id)
@@ -189,7 +217,11 @@ def _begin(services: Services, task_id: str) -> JobContext | None:
         request = ImportRequest.model_validate(task.input["request"])
         assert task.image_id is not None  # noqa: S101 - import tasks always have an image
         ctx = JobContext(
-            task_id=task_id, image_id=task.image_id, request=request, settings=services.settings
+            task_id=task_id,
+            image_id=task.image_id,
+            request=request,
+            settings=services.settings,
+            owner=owner,
         )
         names = [m.NAME for m in stages_for(request)]
         # An admin retry --from-stage S re-runs S and everything after it.
@@ -202,21 +234,34 @@ def _begin(services: Services, task_id: str) -> JobContext | None:
     return ctx
 
 
-def _run_stage(
-    ctx: JobContext, services: Services, module: ModuleType, heartbeat: Heartbeat, *, force: bool
-) -> bool:
-    """Run one stage unless its durable output can be reused; True if it ran.
+def _resume_point(ctx: JobContext, services: Services, stages: Sequence[ModuleType]) -> int:
+    """Index of the first stage to run: just after the last finished stage still intact.
 
-    Once a stage runs again, every later stage runs again too (``force``): their outputs were
-    computed from bytes that may differ now.
+    Looking from the end means a job killed after its copy finished only activates, even if
+    the staged file it copied from is gone; and a stage that must run again makes every later
+    stage run again, since their outputs were computed from bytes that may differ now.
     """
+    valid: list[bool] = []
+    for module in stages:
+        output = ctx.outputs.get(module.NAME)
+        still_valid: Callable[[JobContext, Services, dict[str, Any]], bool] | None = getattr(
+            module, "still_valid", None
+        )
+        if output is None:
+            valid.append(False)
+        elif still_valid is not None:
+            valid.append(still_valid(ctx, services, output))
+        else:
+            # A stage without files of its own (verify, inspect) is as good as the one before.
+            valid.append(valid[-1] if valid else True)
+    return max((i + 1 for i, ok in enumerate(valid) if ok), default=0)
+
+
+def _run_stage(
+    ctx: JobContext, services: Services, module: ModuleType, heartbeat: Heartbeat
+) -> None:
+    """Run one stage, recording its start, progress and outcome."""
     name: str = module.NAME
-    previous = ctx.outputs.get(name)
-    still_valid: Callable[[JobContext, dict[str, Any]], bool] | None = getattr(
-        module, "still_valid", None
-    )
-    if not force and previous is not None and (still_valid is None or still_valid(ctx, previous)):
-        return False  # durable output exists: this stage is already done
     ctx.outputs.pop(name, None)
     with services.db.session() as session:
         run_id = repository.start_stage_run(session, ctx.task_id, name).id
@@ -228,30 +273,30 @@ def _run_stage(
     except JobInterrupted as stop:
         if stop.reason != JobInterrupted.LEASE_LOST:  # the new holder owns the records now
             writer.flush()
-            _finish(services, run_id, StageStatus.FAILED, None, PipelineError(stop.reason))
+            _finish(ctx, services, run_id, StageStatus.FAILED, None, PipelineError(stop.reason))
         raise
     except PipelineError as exc:
         writer.flush()
-        _finish(services, run_id, StageStatus.FAILED, None, exc)
+        _finish(ctx, services, run_id, StageStatus.FAILED, None, exc)
         raise
     except Exception as exc:
         writer.flush()
-        _finish(services, run_id, StageStatus.FAILED, None, PipelineError(repr(exc)))
+        _finish(ctx, services, run_id, StageStatus.FAILED, None, PipelineError(repr(exc)))
         raise
     heartbeat.check()  # a job that lost its lease must not record a result
     status = StageStatus.SKIPPED if output.get("skipped") else StageStatus.DONE
     ctx.outputs[name] = output
     writer.flush()
-    _finish(services, run_id, status, output, None)
+    _finish(ctx, services, run_id, status, output, None)
     seconds = time.monotonic() - started
     metrics.STAGE_SECONDS.labels(stage=name).observe(seconds)
     if writer.done:
         metrics.BYTES.labels(stage=name).inc(writer.done)
     log.info("stage finished", stage=name, status=status, seconds=round(seconds, 3))
-    return True
 
 
 def _finish(
+    ctx: JobContext,
     services: Services,
     run_id: int,
     status: StageStatus,
@@ -259,6 +304,7 @@ def _finish(
     error: PipelineError | None,
 ) -> None:
     with services.db.session() as session:
+        ctx.fence(session)
         repository.finish_stage_run(
             session,
             run_id,
@@ -315,6 +361,7 @@ def _handle_failure(ctx: JobContext, services: Services, stage: str, exc: Pipeli
         delay = _backoff(attempts)
         metrics.RETRIES.inc()
         with services.db.session() as session:
+            ctx.fence(session)
             repository.set_task_status(
                 session,
                 ctx.task_id,
@@ -345,6 +392,7 @@ def _interrupted(ctx: JobContext, services: Services, stage: str, stop: JobInter
         return _handle_failure(ctx, services, stage, stalled)
     # Shutdown: the finished stages are durable; the next worker continues from here.
     with services.db.session() as session:
+        ctx.fence(session)
         repository.set_task_status(
             session,
             ctx.task_id,
@@ -381,6 +429,7 @@ def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineEr
     copy_job = ctx.request.method == "copy-image"
     failed = list(getattr(exc, "failed_stores", None) or stores)
     with services.db.session() as session:
+        ctx.fence(session)
         image = repository.get_image(session, ctx.image_id)
         copied = ctx.outputs.get("copy")
         # Copies written by this job and not yet recorded as locations are orphans: remove.

@@ -88,6 +88,12 @@ def release(session: Session, task_id: str, owner: str, *, not_before: float | N
     )
 
 
+def holds(session: Session, task_id: str, owner: str) -> bool:
+    """Whether ``owner`` holds the lease; locks the task row until the transaction ends."""
+    holder = session.scalar(select(Task.lease_owner).where(Task.id == task_id).with_for_update())
+    return holder == owner
+
+
 def cancel_requested(session: Session, task_id: str) -> bool:
     """Whether an admin asked to cancel the task."""
     return bool(session.scalar(select(Task.cancel_requested).where(Task.id == task_id)))

@@ -99,6 +99,7 @@ def _fail(services: Services, task_id: str, owner: str | None) -> None:
             raise StateError(f"task {task_id} was taken by another worker")
     try:
         ctx = context_of(services, task_id)
+        ctx.owner = REAPER_OWNER  # fence the cleanup by the lease the reaper just took
         error: PipelineError = LeaseExpired(
             f"worker {owner or 'unknown'} stopped renewing its lease and the attempts "
             f"({services.settings.max_attempts}) are used up; retry with 'imageport retry'"

@@ -1,0 +1,65 @@
+"""The FastAPI application: services at start-up, the routers, the error handlers.
+
+The app shares the workers' records, staging area, stores and broker. With the in-process
+broker (``memory://``) it also runs the import worker in this process, so one ``imageport api``
+is a whole single-machine deployment; otherwise imports are queued for ``imageport worker``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from imageport.api import data, discovery, errors, images, imports, listing, members, tasks
+from imageport.api.deps import ApiContext
+from imageport.config import Settings
+from imageport.pipeline.context import Services
+from imageport.workers.actors import declare_actors
+from imageport.workers.broker import build_broker
+from imageport.workers.embedded import EmbeddedWorker
+
+#: The Image API version this server reports as current.
+API_VERSION = "2.16"
+
+
+def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
+    """Build the application; services are opened at start-up and closed at shutdown.
+
+    Args:
+        settings: the settings (``broker_url`` decides embedded or distributed mode).
+        services: already opened services to use instead (the caller closes them).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with ExitStack() as stack:
+            svc = services
+            if svc is None:
+                svc = Services.from_settings(settings)
+                stack.callback(svc.close)
+            if settings.is_embedded or svc.db.is_sqlite:
+                svc.db.upgrade()  # the embedded database migrates itself, as in the CLI
+            if settings.is_embedded:
+                worker = stack.enter_context(EmbeddedWorker(svc))
+                enqueue = worker.actors.enqueue_import
+            else:
+                opened = svc  # bound for the lambda: mypy cannot narrow a closure variable
+                enqueue = declare_actors(build_broker(settings), lambda: opened).enqueue_import
+            app.state.api = ApiContext(services=svc, enqueue=enqueue)
+            yield
+
+    app = FastAPI(
+        title="imageport Image API",
+        version=API_VERSION,
+        description="OpenStack Image API v2 (Glance compatible) served by imageport.",
+        lifespan=lifespan,
+        docs_url=None,  # no HTML pages; the OpenAPI document is at /openapi.json
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    for module in (discovery, listing, images, data, imports, members, tasks):
+        app.include_router(module.router)
+    return app

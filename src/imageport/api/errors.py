@@ -1,0 +1,133 @@
+"""Errors in Glance's JSON shape, plus imageport's stable error code.
+
+Every error response is ``{"code": "404 Not Found", "title": "Not Found", "message": "…",
+"error_code": "not_found"}``: the first three keys are what Glance (webob) writes and what
+openstacksdk and python-glanceclient read; ``error_code`` is ``PipelineError.code``.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imageport.errors import (
+    ConfigurationError,
+    HashMismatch,
+    InvalidRequest,
+    NotFound,
+    PermanentError,
+    PipelineError,
+    SizeLimitExceeded,
+    StateError,
+    TransientError,
+    UnsafeImage,
+)
+
+log = structlog.get_logger(__name__)
+
+#: HTTP status of each imageport error class; the first match wins (most specific first).
+STATUS_OF: tuple[tuple[type[PipelineError], int], ...] = (
+    (NotFound, 404),
+    (SizeLimitExceeded, 413),
+    (StateError, 409),
+    (InvalidRequest, 400),
+    (HashMismatch, 400),
+    (UnsafeImage, 400),
+    (PermanentError, 400),
+    (TransientError, 503),
+    (ConfigurationError, 500),
+)
+
+
+class ApiError(Exception):
+    """An HTTP error with a message and an imageport error code."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code or _default_code(status)
+        self.headers = headers or {}
+
+
+def _default_code(status: int) -> str:
+    return {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(
+        status, HTTPStatus(status).phrase.lower().replace(" ", "_")
+    )
+
+
+def forbidden(message: str) -> ApiError:
+    """A 403 error."""
+    return ApiError(403, message, code="forbidden")
+
+
+def conflict(message: str, code: str = "conflict") -> ApiError:
+    """A 409 error."""
+    return ApiError(409, message, code=code)
+
+
+def bad_request(message: str, code: str = "invalid_request") -> ApiError:
+    """A 400 error."""
+    return ApiError(400, message, code=code)
+
+
+def status_of(exc: PipelineError) -> int:
+    """The HTTP status an imageport error maps to."""
+    return next((status for kind, status in STATUS_OF if isinstance(exc, kind)), 500)
+
+
+def error_response(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A response in Glance's error shape."""
+    phrase = HTTPStatus(status).phrase
+    body = {"code": f"{status} {phrase}", "title": phrase, "message": message, "error_code": code}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into Glance's shape."""
+
+    async def on_api_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)  # noqa: S101 - registered for ApiError only
+        return error_response(exc.status, exc.message, exc.code, exc.headers)
+
+    async def on_pipeline_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, PipelineError)  # noqa: S101 - registered for PipelineError only
+        return error_response(status_of(exc), exc.message, exc.code)
+
+    async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return error_response(400, problems or "invalid request", "invalid_request")
+
+    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+        headers = dict(exc.headers or {})
+        return error_response(
+            exc.status_code, str(exc.detail), _default_code(exc.status_code), headers
+        )
+
+    async def on_crash(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request crashed", error=repr(exc))
+        return error_response(500, f"internal error: {exc!r}", "internal_error")
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(PipelineError, on_pipeline_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_crash)

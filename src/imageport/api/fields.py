@@ -1,0 +1,120 @@
+"""Checks on the image fields a client may write, shared by create and PATCH.
+
+Glance's rules: read-only fields are refused with 403, as are Glance's reserved ``os_glance_*``
+properties; values of the wrong type or outside their enum are 400; too many tags is 413;
+only an administrator publishes an image (``public``) or gives it to another owner.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from imageport.api.auth import Identity
+from imageport.api.errors import ApiError, bad_request, forbidden
+from imageport.config import CONTAINER_FORMATS, DISK_FORMATS
+from imageport.records import Visibility
+
+MAX_LENGTH = 255  # characters in a name, tag, owner or property name
+MAX_PROPERTY_VALUE = 65535  # characters in an extra property's value (Glance's Text column)
+RESERVED_PREFIX = "os_glance"  # Glance's reserved property namespace
+
+#: Fields no client may write.
+READ_ONLY = frozenset(
+    {
+        "status", "checksum", "os_hash_algo", "os_hash_value", "size", "virtual_size",
+        "created_at", "updated_at", "self", "file", "schema", "direct_url", "locations",
+        "stores", "deleted", "deleted_at",
+    }
+)  # fmt: skip
+#: Core fields a client may write (besides ``id`` at creation and extra properties).
+CORE = frozenset(
+    {"name", "visibility", "protected", "os_hidden", "disk_format", "container_format",
+     "min_disk", "min_ram", "owner"}
+)  # fmt: skip
+
+
+def check_id(value: object) -> str:
+    """A client-supplied image id: a UUID in its canonical form (400 otherwise)."""
+    try:
+        return str(uuid.UUID(str(value))) if isinstance(value, str) else _bad_id(value)
+    except ValueError:
+        return _bad_id(value)
+
+
+def _bad_id(value: object) -> str:
+    raise bad_request(f"id {value!r} is not a UUID (nnnnnnnn-nnnn-nnnn-nnnn-nnnnnnnnnnnn)")
+
+
+def check_writable(name: str, who: Identity) -> None:
+    """Refuse a field that is read-only, reserved, or the owner for a non-administrator."""
+    if name in READ_ONLY or name == "id":
+        raise forbidden(f"Attribute '{name}' is read-only.")
+    if name.startswith(RESERVED_PREFIX):
+        raise forbidden(f"Attribute '{name}' is reserved.")
+    if name == "owner" and not who.is_admin:
+        raise forbidden("only an administrator may set an image's owner")
+
+
+def check_core(name: str, value: Any, who: Identity) -> Any:  # noqa: ANN401, C901
+    """Validate one core field's value and return it as stored (400/403 on a bad value)."""
+    if name in ("name", "owner"):
+        if value is None or (isinstance(value, str) and len(value) <= MAX_LENGTH):
+            return value
+        raise bad_request(f"{name} must be a string of at most {MAX_LENGTH} characters or null")
+    if name == "visibility":
+        if value not in [str(v) for v in Visibility]:
+            raise bad_request(f"visibility must be one of {', '.join(Visibility)}")
+        if value == Visibility.PUBLIC and not who.is_admin:
+            raise forbidden("only an administrator may make an image public")
+        return value
+    if name in ("protected", "os_hidden"):
+        if not isinstance(value, bool):
+            raise bad_request(f"{name} must be true or false")
+        return value
+    if name in ("disk_format", "container_format"):
+        allowed = DISK_FORMATS if name == "disk_format" else CONTAINER_FORMATS
+        if value is None or value in allowed:
+            return value
+        raise bad_request(f"{name} must be one of {', '.join(allowed)}")
+    if name in ("min_disk", "min_ram"):
+        # bool is an int in Python, not in JSON: refuse it explicitly.
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+            return value
+        raise bad_request(f"{name} must be a non-negative integer")
+    raise bad_request(f"unknown field {name}")
+
+
+def check_property(name: str, value: object) -> str:
+    """An extra property: a name of at most 255 characters and a string value."""
+    if not name or len(name) > MAX_LENGTH:
+        raise bad_request(f"property names are 1 to {MAX_LENGTH} characters")
+    if not isinstance(value, str) or len(value) > MAX_PROPERTY_VALUE:
+        raise bad_request(f"property {name!r} must be a string (extra properties are strings)")
+    return value
+
+
+def check_tag(tag: object) -> str:
+    """One tag: a string of at most 255 characters."""
+    if not isinstance(tag, str) or not tag or len(tag) > MAX_LENGTH:
+        raise bad_request(f"a tag is a non-empty string of at most {MAX_LENGTH} characters")
+    return tag
+
+
+def check_tags(value: object, limit: int) -> list[str]:
+    """A tag list: unique strings (order kept), at most ``limit`` of them (413 otherwise)."""
+    if not isinstance(value, list):
+        raise bad_request("tags must be a list of strings")
+    tags = list(dict.fromkeys(check_tag(tag) for tag in value))
+    check_tag_count(len(tags), limit)
+    return tags
+
+
+def check_tag_count(count: int, limit: int) -> None:
+    """Refuse more than ``limit`` tags with 413, Glance's quota answer."""
+    if count > limit:
+        raise ApiError(
+            413,
+            f"an image may have at most {limit} tags (max_image_tags)",
+            code="tag_limit",
+        )

@@ -1,0 +1,204 @@
+"""``POST /v2/images/{id}/import``: start an import with one of the four methods.
+
+Status gates, as in Glance: glance-direct needs staged data (``uploading``), web-download and
+glance-download a ``queued`` image, copy-image an ``active`` one (and an administrator); a
+non-copy import also needs ``disk_format`` and ``container_format``. The answer is 202 and
+the task runs on a worker (in this process in embedded mode).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from imageport.api import access
+from imageport.api.auth import Caller, Identity
+from imageport.api.deps import ApiContext, Ctx, JsonBody
+from imageport.api.discovery import IMPORT_METHODS
+from imageport.api.errors import bad_request, conflict, forbidden
+from imageport.errors import InvalidRequest
+from imageport.pipeline import glance_download, uploads
+from imageport.pipeline.copy_image import submit_copy
+from imageport.pipeline.image_import import import_existing
+from imageport.pipeline.request import ImportRequest
+from imageport.pipeline.urlpolicy import parse_url
+from imageport.records import Image, ImageStatus, Task, TaskStatus
+
+router = APIRouter(prefix="/v2/images", tags=["imports"])
+
+#: The image status each method starts from.
+STARTS_FROM = {
+    "glance-direct": ImageStatus.UPLOADING,
+    "web-download": ImageStatus.QUEUED,
+    "glance-download": ImageStatus.QUEUED,
+    "copy-image": ImageStatus.ACTIVE,
+}
+_BODY = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "method": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "enum": list(IMPORT_METHODS)},
+                            "uri": {"type": "string"},
+                            "glance_image_id": {"type": "string"},
+                            "glance_region": {"type": "string"},
+                            "glance_service_interface": {"type": "string"},
+                        },
+                        "required": ["name"],
+                    },
+                    "stores": {"type": "array", "items": {"type": "string"}},
+                    "all_stores": {"type": "boolean"},
+                    "all_stores_must_succeed": {"type": "boolean"},
+                },
+                "required": ["method"],
+            }
+        }
+    }
+}
+
+
+@router.post("/{image_id}/import", status_code=202, openapi_extra={"requestBody": _BODY})
+def import_image(
+    image_id: str,
+    request: Request,
+    ctx: Ctx,
+    who: Caller,
+    body: JsonBody = None,
+) -> Response:
+    """Start importing the image's data; 202 once the task is queued."""
+    body = body or {}
+    method = body.get("method")
+    name = method.get("name") if isinstance(method, dict) else None
+    if not isinstance(name, str) or name not in STARTS_FROM or not isinstance(method, dict):
+        raise bad_request(f"method.name must be one of {', '.join(IMPORT_METHODS)}")
+    stores, all_stores = _stores(ctx, body, request.headers.get("X-Image-Meta-Store"))
+    must_succeed = body.get("all_stores_must_succeed", True)
+    if not isinstance(must_succeed, bool):
+        raise bad_request("all_stores_must_succeed must be true or false")
+    with ctx.services.db.session() as session:
+        image = access.owned_image(session, image_id, who)
+        _gate(session, image, name, who)
+    if name == "copy-image":
+        submitted = submit_copy(
+            ctx.services,
+            image_id,
+            list(stores),
+            all_stores=all_stores,
+            all_stores_must_succeed=must_succeed,
+        )
+    else:
+        request_ = _request(ctx, image, name, method, stores, must_succeed)
+        submitted = import_existing(ctx.services, image_id, request_, expected=STARTS_FROM[name])
+    ctx.enqueue(submitted.task_id)
+    return Response(status_code=202)
+
+
+def _stores(
+    ctx: ApiContext, body: dict[str, Any], header: str | None
+) -> tuple[tuple[str, ...], bool]:
+    stores, all_stores = body.get("stores"), body.get("all_stores", False)
+    if stores is not None and (
+        not isinstance(stores, list) or not all(isinstance(s, str) for s in stores)
+    ):
+        raise bad_request("stores must be a list of store ids")
+    if not isinstance(all_stores, bool):
+        raise bad_request("all_stores must be true or false")
+    if all_stores and stores:
+        raise bad_request("all_stores and stores are mutually exclusive")
+    chosen = tuple(stores or ([header] if header else []))
+    if all_stores:
+        chosen = tuple(s for s, store in ctx.services.stores.items() if not store.read_only)
+    unknown = [s for s in chosen if s not in ctx.services.stores]
+    if unknown:
+        raise bad_request(f"unknown store {', '.join(unknown)}", code="unknown_store")
+    return chosen, all_stores
+
+
+def _gate(session: Any, image: Image, name: str, who: Identity) -> None:  # noqa: ANN401
+    """Refuse an import the image's status (or the caller) does not allow."""
+    if name == "copy-image" and not who.is_admin:
+        raise forbidden("copy-image is for administrators")
+    task_id = next((p.value for p in image.properties if p.name == "os_glance_import_task"), None)
+    if task_id:
+        task = session.get(Task, task_id)
+        if task is not None and task.status in (TaskStatus.PENDING, TaskStatus.PROCESSING):
+            raise conflict(
+                f"image {image.id} is already being imported (task {task_id})",
+                code="import_in_progress",
+            )
+    expected = STARTS_FROM[name]
+    if image.status != expected:
+        hint = "stage its data first (PUT /stage)" if name == "glance-direct" else ""
+        raise conflict(
+            f"image {image.id} is {image.status}; {name} needs it {expected}"
+            + (f": {hint}" if hint else ""),
+            code="image_status",
+        )
+    if name not in ("copy-image", "glance-download"):
+        _need_formats(image)
+
+
+def _need_formats(image: Image) -> None:
+    if not (image.disk_format and image.container_format):
+        raise bad_request(
+            f"set disk_format and container_format of image {image.id} before importing data"
+        )
+
+
+def _request(
+    ctx: ApiContext,
+    image: Image,
+    name: str,
+    method: dict[str, Any],
+    stores: tuple[str, ...],
+    must_succeed: bool,
+) -> ImportRequest:
+    """The import's parameters: where the bytes come from and what they must hash to."""
+    fields: dict[str, Any] = {"stores": stores, "all_stores_must_succeed": must_succeed}
+    if name == "web-download":
+        uri = method.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise bad_request("web-download needs method.uri")
+        parse_url(uri)  # syntax now (400); the worker vets the address before connecting
+        fields["source"] = uri
+    elif name == "glance-download":
+        fields.update(_remote(ctx, image, method))
+    else:  # glance-direct: the staged upload, found by the image id
+        if not uploads.has_upload(ctx.settings, image.id):
+            raise conflict(f"image {image.id} has no staged data: PUT /stage first")
+        fields["source"] = image.id
+    fields.setdefault("disk_format", image.disk_format)
+    fields.setdefault("container_format", image.container_format)
+    try:
+        return ImportRequest.model_validate({"method": name, **fields})
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid import request: {exc}") from exc
+
+
+def _remote(ctx: ApiContext, image: Image, method: dict[str, Any]) -> dict[str, Any]:
+    """glance-download: the remote image's file URL, formats and expected hashes."""
+    remote_id, region = method.get("glance_image_id"), method.get("glance_region")
+    interface = method.get("glance_service_interface")
+    if not isinstance(remote_id, str) or not isinstance(region, str):
+        raise bad_request("glance-download needs method.glance_image_id and method.glance_region")
+    if interface is not None and not isinstance(interface, str):
+        raise bad_request("method.glance_service_interface must be a string")
+    endpoint = glance_download.resolve_endpoint(ctx.settings, region, interface)
+    record = glance_download.remote_image(ctx.settings, endpoint, remote_id)
+    disk_format = image.disk_format or record.get("disk_format")
+    container_format = image.container_format or record.get("container_format")
+    if not (disk_format and container_format):
+        raise bad_request(f"remote image {remote_id} has no disk_format or container_format")
+    return {
+        "source": f"{endpoint}/v2/images/{remote_id}/file",
+        "disk_format": disk_format,
+        "container_format": container_format,
+        "checksum": record["checksum"],
+        "os_hash_algo": record.get("os_hash_algo"),
+        "os_hash_value": record.get("os_hash_value"),
+    }

@@ -1,0 +1,143 @@
+"""Bytes uploaded through the API (``PUT /stage`` and ``PUT /file``), staged and scanned once.
+
+The API streams an upload into ``<staging>/uploads/<image id>/source`` through the same
+single-pass :func:`imageport.pipeline.staging.scan` a worker uses (count and cap, MD5 and
+multihash, decompression, stream inspection, zero runs left as holes) and records the scan
+result beside it. When the import runs, its ``stage`` step :func:`adopt` s the upload: it
+renames the file and the scan result into the task's staging directory (same file system, no
+byte copied) and returns the recorded scan as its output. So a glance-direct image is read
+exactly once between the client's socket and the ``inspect`` stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from imageport.config import Settings
+from imageport.errors import SourceNotFound
+from imageport.pipeline import staging
+from imageport.pipeline.context import JobContext
+from imageport.pipeline.extents import data_runs
+from imageport.pipeline.inspector import Verdict
+from imageport.pipeline.sources import file_chunks
+
+UPLOADS = "uploads"  # directory under the staging dir; task directories are UUIDs, never this
+SOURCE_NAME = "source"  # the uploaded file (the same name the stage step gives its output)
+SCAN_NAME = "scan.json"  # the recorded scan result, beside the upload
+ADOPTED_SCAN = "upload-scan.json"  # the scan result once moved into a task's directory
+
+
+def upload_dir(settings: Settings, image_id: str) -> Path:
+    """The private directory holding an image's staged upload."""
+    return settings.resolved_staging_dir / UPLOADS / image_id
+
+
+def has_upload(settings: Settings, image_id: str) -> bool:
+    """Whether a complete upload (file and scan result) waits for the image's import."""
+    folder = upload_dir(settings, image_id)
+    return (folder / SOURCE_NAME).is_file() and (folder / SCAN_NAME).is_file()
+
+
+def receive(
+    settings: Settings,
+    image_id: str,
+    chunks: Iterator[memoryview],
+    *,
+    disk_format: str | None,
+    length: int | None,
+) -> dict[str, Any]:
+    """Stream ``chunks`` into the image's upload file in one scanning pass; return the scan.
+
+    Args:
+        settings: caps, hash algorithm and staging location.
+        image_id: the image the bytes belong to.
+        chunks: the request body (each chunk is consumed before the next is asked for).
+        disk_format: the image's declared format, shown to the inspector (None: any).
+        length: the body's declared length, used only for the free-space check.
+
+    Raises:
+        SizeLimitExceeded: the body passed ``max_image_bytes`` (``upload_limit``).
+        UnsafeImage: the inspector refused the bytes before their end.
+        NoSpace: not enough room in staging.
+    """
+    folder = upload_dir(settings, image_id)
+    discard(settings, image_id)  # a new upload replaces an interrupted one
+    folder.mkdir(mode=0o700, parents=True)
+    try:
+        staging.check_space(folder, length)
+        scanned = _write(settings, folder / SOURCE_NAME, chunks, disk_format)
+        # The scan is written last: its presence marks a complete upload.
+        (folder / SCAN_NAME).write_text(json.dumps({"declared": disk_format, **scanned}))
+    except BaseException:
+        discard(settings, image_id)
+        raise
+    return scanned
+
+
+def _write(
+    settings: Settings, target: Path, chunks: Iterator[memoryview], disk_format: str | None
+) -> dict[str, Any]:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+
+        def sink(chunk: memoryview, offset: int) -> None:
+            # Zero blocks stay holes, as in the stage step.
+            for start, end in data_runs(chunk):
+                staging.pwrite_all(fd, chunk[start:end], offset + start)
+
+        scanned = staging.scan(chunks, settings, declared=disk_format, extra_algo=None, sink=sink)
+        if not scanned["complete"]:
+            Verdict(**scanned["verdict"]).raise_if_rejected()
+        os.ftruncate(fd, scanned["disk_size"])
+    finally:
+        os.close(fd)
+    return scanned
+
+
+def discard(settings: Settings, image_id: str) -> None:
+    """Remove the image's staged upload, if any."""
+    shutil.rmtree(upload_dir(settings, image_id), ignore_errors=True)
+
+
+def adopt(ctx: JobContext) -> dict[str, Any]:
+    """The glance-direct stage step: move the upload into the task's directory, reuse its scan.
+
+    Idempotent: a resumed job finds the file already moved and reuses it.
+
+    Raises:
+        SourceNotFound: neither an upload nor an adopted upload exists.
+    """
+    work = ctx.work_dir
+    target, scan_file = work / SOURCE_NAME, work / ADOPTED_SCAN
+    folder = upload_dir(ctx.settings, ctx.image_id)
+    if has_upload(ctx.settings, ctx.image_id):
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Renames within the staging file system: the bytes are not copied again.
+        (folder / SCAN_NAME).replace(scan_file)
+        (folder / SOURCE_NAME).replace(target)
+        shutil.rmtree(folder, ignore_errors=True)
+    if not (target.is_file() and scan_file.is_file()):
+        raise SourceNotFound(
+            f"image {ctx.image_id} has no staged data: upload it again with PUT /stage"
+        )
+    scanned: dict[str, Any] = json.loads(scan_file.read_text())
+    declared = scanned.pop("declared")
+    if declared != ctx.request.disk_format:
+        # disk_format changed after the upload: inspect again against the new declaration.
+        buffer = bytearray(ctx.settings.chunk_size)
+
+        again = staging.scan(
+            file_chunks(target, buffer),
+            ctx.settings,
+            declared=ctx.request.disk_format,
+            extra_algo=None,
+        )
+        scanned["verdict"] = again["verdict"]
+    ctx.progress(scanned["size"] or 0, scanned["size"])  # done at once: the bytes are here
+    container = "bare" if scanned["compression"] else ctx.request.container_format
+    return {"path": str(target), "container_format": container, **scanned}
