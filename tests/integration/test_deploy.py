@@ -691,5 +691,3 @@ def test_demo_distributed_end_to_end():
     assert counts[1] > 0, "the worker group started mid-run took no job"
     if API_AVAILABLE:
         assert "submitted through: imageport api" in proc.stdout
-        if "api ignored IMAGEPORT_TARGET_FORMAT" in proc.stderr:
-            pytest.xfail("imports through imageport api ignore the target_format setting (issue 6)")

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from imageport.errors import (
     Cancelled,
@@ -272,22 +273,18 @@ def _run_stage(
         output: dict[str, Any] = module.run(ctx, services)
     except JobInterrupted as stop:
         if stop.reason != JobInterrupted.LEASE_LOST:  # the new holder owns the records now
-            writer.flush()
-            _finish(ctx, services, run_id, StageStatus.FAILED, None, PipelineError(stop.reason))
+            _finish(ctx, writer, StageStatus.FAILED, None, PipelineError(stop.reason))
         raise
     except PipelineError as exc:
-        writer.flush()
-        _finish(ctx, services, run_id, StageStatus.FAILED, None, exc)
+        _finish(ctx, writer, StageStatus.FAILED, None, exc)
         raise
     except Exception as exc:
-        writer.flush()
-        _finish(ctx, services, run_id, StageStatus.FAILED, None, PipelineError(repr(exc)))
+        _finish(ctx, writer, StageStatus.FAILED, None, PipelineError(repr(exc)))
         raise
     heartbeat.check()  # a job that lost its lease must not record a result
     status = StageStatus.SKIPPED if output.get("skipped") else StageStatus.DONE
     ctx.outputs[name] = output
-    writer.flush()
-    _finish(ctx, services, run_id, status, output, None)
+    _finish(ctx, writer, status, output, None)
     seconds = time.monotonic() - started
     metrics.STAGE_SECONDS.labels(stage=name).observe(seconds)
     if writer.done:
@@ -297,17 +294,18 @@ def _run_stage(
 
 def _finish(
     ctx: JobContext,
-    services: Services,
-    run_id: int,
+    writer: _ProgressWriter,
     status: StageStatus,
     output: dict[str, Any] | None,
     error: PipelineError | None,
 ) -> None:
-    with services.db.session() as session:
+    """Record a stage's outcome and its last progress numbers in one fenced transaction."""
+    with writer.services.db.session() as session:
         ctx.fence(session)
+        writer.flush(session)
         repository.finish_stage_run(
             session,
-            run_id,
+            writer.run_id,
             status=status,
             output=output,
             error_code=error.code if error else None,
@@ -319,9 +317,9 @@ class _ProgressWriter:
     """Persists a stage's bytes done at most once per progress interval, and on flush."""
 
     def __init__(self, services: Services, run_id: int, heartbeat: Heartbeat) -> None:
-        self._services = services
+        self.services = services
         self._heartbeat = heartbeat
-        self._run_id = run_id
+        self.run_id = run_id
         self._interval = services.settings.progress_interval_seconds
         self._last = 0.0
         self._state: tuple[int, int | None] | None = None
@@ -342,14 +340,19 @@ class _ProgressWriter:
             self.flush()
         return True
 
-    def flush(self) -> None:
-        """Write the latest numbers if they changed since the last write."""
+    def flush(self, session: Session | None = None) -> None:
+        """Write the latest numbers if they changed (in ``session``, else in a new one)."""
         if self._state is None or self._state == self._written:
             return
         done, total = self._state
-        with self._services.db.session() as session:
+        if session is None:
+            with self.services.db.session() as own:
+                repository.update_stage_progress(
+                    own, self.run_id, bytes_done=done, bytes_total=total
+                )
+        else:
             repository.update_stage_progress(
-                session, self._run_id, bytes_done=done, bytes_total=total
+                session, self.run_id, bytes_done=done, bytes_total=total
             )
         self._written = self._state
 
