@@ -13,7 +13,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = {"headline": "headline.py", "workers": "workers.py", "api": "api.py"}
+BENCHMARKS = {
+    "headline": "headline.py",
+    "workers": "workers.py",
+    "stores": "stores.py",
+    "api": "api.py",
+}
 
 
 def main(argv: list[str]) -> int:

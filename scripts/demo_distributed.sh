@@ -8,17 +8,20 @@
 # fresh database on IMAGEPORT_TEST_DATABASE_URL or 127.0.0.1:5432/test, else a throwaway
 # initdb server), an S3 server (moto_server from the venv), `imageport api` when this build has
 # it, and ONE worker process group. It imports DEMO_IMAGES qcow2 images (through the API when
-# it exists, else with `imageport import --no-wait`) to a file store and an S3 store; once the first group runs a job it starts a SECOND worker group (scale 1 -> 2), waits
+# it exists, else with `imageport import URL --no-wait`) by web-download from a local HTTP
+# server (rate-limited, so every import lasts seconds) to a file store and an S3 store; once the first group runs a job it starts a SECOND worker group (scale 1 -> 2), waits
 # for every image to be active, verifies each record against the stored bytes (file and S3),
 # prints a summary and stops everything (SIGTERM first: the workers must exit 0).
 #
-# Environment: DEMO_IMAGES (default 8), DEMO_TIMEOUT seconds for the imports (default 120),
+# Environment: DEMO_IMAGES (default 8), DEMO_SOURCE_RATE_MIB (MiB/s per download, default 6),
+# DEMO_TIMEOUT seconds for the imports (default 120),
 # VENV (default .venv), KEEP_DEMO_DIR=1 keeps the temporary directory for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${VENV:-$ROOT/.venv}
 IMAGES=${DEMO_IMAGES:-8}
+SOURCE_RATE_MIB=${DEMO_SOURCE_RATE_MIB:-6}
 TIMEOUT=${DEMO_TIMEOUT:-120}
 export PATH="$VENV/bin:$PATH"
 PY="$VENV/bin/python"
@@ -93,7 +96,7 @@ http_ok() { curl -fsS -o /dev/null --max-time 2 "$1"; }
 mkdir -p "$WORK/src"
 SAMPLERS=()
 for ((i = 1; i <= IMAGES; i++)); do
-  scripts/make_sample.sh "$WORK/src/disk-$i.qcow2" 64M 48 >/dev/null &
+  scripts/make_sample.sh "$WORK/src/disk-$i.qcow2" 64M 24 >/dev/null &
   SAMPLERS+=("$!")
 done
 
@@ -147,6 +150,37 @@ boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
              aws_access_key_id="demo", aws_secret_access_key="demo-secret").create_bucket(Bucket="images")
 EOF
 
+# --- 3b. An HTTP server for the sources (web-download), at a fixed rate per download, so each
+# import lasts a few seconds whatever the CPU: the second worker group has work to take.
+SRC_PORT=$(free_port)
+cat >"$WORK/serve_sources.py" <<'EOF'
+"""Serve DIR on 127.0.0.1:PORT, each response at RATE bytes per second."""
+import http.server, pathlib, sys, time
+root, port, rate = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        path = root / pathlib.PurePosixPath(self.path).name
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        step = max(1, rate // 10)
+        try:
+            for start in range(0, len(data), step):
+                self.wfile.write(data[start:start + step])
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+EOF
+start sources "$PY" "$WORK/serve_sources.py" "$WORK/src" "$SRC_PORT" $((SOURCE_RATE_MIB << 20))
+SOURCES="http://127.0.0.1:$SRC_PORT"
+
 # --- 4. Configuration: one environment for the api and every worker ------------------------
 cat >"$WORK/imageport.toml" <<EOF
 default_store = "local"
@@ -170,6 +204,9 @@ export IMAGEPORT_DATABASE_URL="$DATABASE_URL"
 export IMAGEPORT_BROKER_URL="redis://127.0.0.1:$REDIS_PORT/0"
 export IMAGEPORT_LOG_LEVEL=info
 export IMAGEPORT_LOG_JSON=true
+# web-download refuses loopback and ports other than 80/443 unless allowed explicitly.
+export IMAGEPORT_WEB_DOWNLOAD_ALLOWED_NETWORKS='["127.0.0.0/8"]'
+export IMAGEPORT_WEB_DOWNLOAD_PORTS="[80, 443, $SRC_PORT]"
 
 # --- 5. Migrations, then a look at the stores -----------------------------------------------
 imageport db upgrade
@@ -200,18 +237,17 @@ api_json() {  # method path [curl args...]: JSON response on stdout
 }
 json_field() { "$PY" -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 : >"$WORK/ids"
-submit() {  # i: create the image and queue its import; prints "IMAGE_ID SOURCE"
+submit() {  # i: create the image and queue its web-download import; prints "IMAGE_ID SOURCE"
   local i=$1 src="$WORK/src/disk-$1.qcow2" id
   if [ -n "$API" ]; then
     id=$(api_json POST /v2/images -H "Content-Type: application/json" \
       -d "{\"name\": \"disk-$i\", \"disk_format\": \"qcow2\", \"container_format\": \"bare\"}" \
       | json_field id)
-    api_json PUT "/v2/images/$id/stage" -H "Content-Type: application/octet-stream" \
-      --data-binary "@$src" >/dev/null
     api_json POST "/v2/images/$id/import" -H "Content-Type: application/json" \
-      -d '{"method": {"name": "glance-direct"}, "stores": ["local", "objects"]}' >/dev/null
+      -d "{\"method\": {\"name\": \"web-download\", \"uri\": \"$SOURCES/disk-$i.qcow2\"}, \"stores\": [\"local\", \"objects\"]}" \
+      >/dev/null
   else
-    id=$(imageport import "$src" --name "disk-$i" --disk-format qcow2 \
+    id=$(imageport import "$SOURCES/disk-$i.qcow2" --name "disk-$i" --disk-format qcow2 \
       --store local --store objects --no-wait | json_field image_id)
   fi
   [ -n "$id" ] && echo "$id $src"
@@ -311,8 +347,8 @@ log "hashes verified: every record matches its file store and S3 copies"
 N1=$(imports_done success "$M1"); N2=$(imports_done success "$M2")
 echo
 echo "imageport distributed demo: $IMAGES images imported (qcow2, stores local + objects)"
-if [ -n "$API" ]; then echo "  submitted through: imageport api at $API (glance-direct)"
-else echo "  submitted through: imageport import --no-wait (this build has no imageport api)"; fi
+if [ -n "$API" ]; then echo "  submitted through: imageport api at $API (web-download from $SOURCES)"
+else echo "  submitted through: imageport import URL --no-wait (this build has no imageport api)"; fi
 echo "  worker group 1 (started first):   $N1 imports   http://127.0.0.1:$M1/metrics"
 echo "  worker group 2 (started mid-run): $N2 imports   http://127.0.0.1:$M2/metrics"
 "$PY" - "$WORK/images.json" <<'EOF'
