@@ -9,13 +9,14 @@
 # initdb server), an S3 server (moto_server from the venv), `imageport api` when this build has
 # it, and ONE worker process group. It imports DEMO_IMAGES qcow2 images (through the API when
 # it exists, else with `imageport import URL --no-wait`) by web-download from a local HTTP
-# server (rate-limited, so every import lasts seconds) to a file store and an S3 store; once the first group runs a job it starts a SECOND worker group (scale 1 -> 2), waits
-# for every image to be active, verifies each record against the stored bytes (file and S3),
+# server (rate-limited, so every import lasts seconds) to a file store and an S3 store; once
+# the first group runs a job it starts a SECOND worker group (scale 1 -> 2), waits for every
+# image to be active, verifies each record against the stored bytes (file and S3),
 # prints a summary and stops everything (SIGTERM first: the workers must exit 0).
 #
 # Environment: DEMO_IMAGES (default 8), DEMO_SOURCE_RATE_MIB (MiB/s per download, default 6),
-# DEMO_TIMEOUT seconds for the imports (default 120),
-# VENV (default .venv), KEEP_DEMO_DIR=1 keeps the temporary directory for inspection.
+# DEMO_TIMEOUT seconds for the imports (default 120), VENV (default .venv), KEEP_DEMO_DIR=1
+# keeps the temporary directory for inspection. Takes 40-80 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
