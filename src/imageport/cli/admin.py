@@ -14,6 +14,7 @@ from imageport.cli.common import (
     services,
     settings,
 )
+from imageport.cli.jobs import Enqueuer
 from imageport.cli.progress import wait_for_task
 from imageport.errors import InvalidRequest
 from imageport.pipeline.activation import IMPORTING_TO_STORES
@@ -21,9 +22,6 @@ from imageport.pipeline.context import Services
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.runner import run_import, stages_for
 from imageport.records import ImageStatus, TaskStatus, repository
-from imageport.workers.actors import Actors, declare_actors
-from imageport.workers.broker import build_broker
-from imageport.workers.embedded import EmbeddedWorker
 from imageport.workers.reaper import reap
 from imageport.workers.supervisor import supervise
 
@@ -105,7 +103,7 @@ def retry_command(
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
         _reopen(svc, task_id, from_stage)
-        with _enqueuer(svc) as actors:
+        with Enqueuer(svc) as actors:
             actors.enqueue_import(task_id)
             if conf.is_embedded:
                 status = wait_for_task(svc, task_id, show=True)
@@ -118,7 +116,7 @@ def reap_command(
 ) -> None:
     """Requeue or fail imports whose worker stopped renewing its lease; resend lost messages."""
     conf = settings()
-    with errors_to_exit(), services(conf) as svc, _enqueuer(svc) as actors:
+    with errors_to_exit(), services(conf) as svc, Enqueuer(svc) as actors:
         report = reap(svc, actors.enqueue_import).as_dict()
     if as_json:
         print_json(report)
@@ -158,21 +156,3 @@ def stage_names(task_input: dict[str, object]) -> list[str]:
     """The stage names of a recorded task input, in order."""
     request = ImportRequest.model_validate(task_input["request"])
     return [str(module.NAME) for module in stages_for(request)]
-
-
-class _enqueuer:  # noqa: N801 - used as a context manager, reads like a function
-    """Actors to enqueue with: in-process (embedded worker) or on the shared broker."""
-
-    def __init__(self, svc: Services) -> None:
-        self._svc = svc
-        self._embedded: EmbeddedWorker | None = None
-
-    def __enter__(self) -> Actors:
-        if self._svc.settings.is_embedded:
-            self._embedded = EmbeddedWorker(self._svc).__enter__()
-            return self._embedded.actors
-        return declare_actors(build_broker(self._svc.settings), lambda: self._svc)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._embedded is not None:
-            self._embedded.__exit__(None, None, None)

@@ -9,23 +9,15 @@ from urllib.parse import urlsplit
 import typer
 
 from imageport.cli.common import (
-    EXIT_FAILED,
     errors_to_exit,
-    print_json,
-    report_error,
     services,
     settings,
 )
-from imageport.cli.progress import wait_for_task
-from imageport.cli.show import render_image
+from imageport.cli.jobs import run_job
 from imageport.config import DISK_FORMATS
 from imageport.errors import InvalidRequest
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.submit import submit_import
-from imageport.records import ImageStatus, TaskStatus, repository, serialize
-from imageport.workers.actors import declare_actors
-from imageport.workers.broker import build_broker
-from imageport.workers.embedded import EmbeddedWorker
 
 
 def import_command(
@@ -80,34 +72,7 @@ def import_command(
             checksum=checksum,
         )
         submitted = submit_import(svc, request, name=name or _name_from(source))
-        ids = {"image_id": submitted.image_id, "task_id": submitted.task_id}
-        if conf.is_embedded:
-            # No other process will run the job: this one is the worker, even with --no-wait.
-            with EmbeddedWorker(svc) as worker:
-                worker.actors.enqueue_import(submitted.task_id)
-                if no_wait:
-                    print_json(ids)
-                status = wait_for_task(svc, submitted.task_id, show=not no_wait)
-        else:
-            declare_actors(build_broker(conf), lambda: svc).enqueue_import(submitted.task_id)
-            if no_wait:
-                print_json(ids)
-                return
-            status = wait_for_task(svc, submitted.task_id, show=True)
-        if no_wait:
-            return
-        with svc.db.session() as session:
-            image = repository.get_image(session, submitted.image_id)
-            task = repository.get_task(session, submitted.task_id)
-            image_doc = serialize.image_to_dict(image, admin=True)
-            message, code = task.message, task.error_code
-        if as_json:
-            print_json(image_doc)
-        else:
-            render_image(image_doc)
-        if status != TaskStatus.SUCCESS or image_doc["status"] != ImageStatus.ACTIVE:
-            report_error("import failed", code, message)
-            raise typer.Exit(EXIT_FAILED)
+        run_job(svc, submitted, no_wait=no_wait, as_json=as_json, what="import")
 
 
 def _format_from_name(source: str) -> str:
