@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,14 +121,20 @@ def _open_source(
     yield SourceInfo(length=length), file_chunks(path, buffer)
 
 
+COALESCE_BYTES = 1024 * 1024  # network reads are gathered into chunks of at least this
+COALESCE_SECONDS = 0.25  # ... unless this long passed: a slow source still reports progress
+
+
 def coalesce(chunks: Iterator[memoryview], buffer: bytearray) -> Iterator[memoryview]:
-    """Gather small network reads into ``buffer``-sized chunks.
+    """Gather small network reads into larger chunks (>= 1 MiB, or every 0.25 s).
 
     A server (or a network) that delivers tiny reads would otherwise cost one inspector,
-    hashing and write round per read; one copy into a reused buffer is far cheaper.
+    hashing and write round per read; one copy into a reused buffer is far cheaper. The time
+    bound keeps progress, cancel and the stall watchdog live on a slow download.
     """
     view = memoryview(buffer)
     filled = 0
+    last = time.monotonic()
     for received in chunks:
         rest = received
         while len(rest):
@@ -135,9 +142,11 @@ def coalesce(chunks: Iterator[memoryview], buffer: bytearray) -> Iterator[memory
             view[filled : filled + n] = rest[:n]
             filled += n
             rest = rest[n:]
-            if filled == len(view):
-                yield view
+            now = time.monotonic()
+            if filled == len(view) or (filled >= COALESCE_BYTES or now - last >= COALESCE_SECONDS):
+                yield view[:filled]
                 filled = 0
+                last = now
     if filled:
         yield view[:filled]
 
