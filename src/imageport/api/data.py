@@ -115,6 +115,7 @@ def _import_upload(ctx: ApiContext, image: Image, store: str | None) -> None:
         source=image.id,
         disk_format=image.disk_format or "raw",
         container_format=image.container_format or "bare",
+        target_format=ctx.settings.target_format,
         stores=(store,) if store else (),
     )
     try:

@@ -174,6 +174,8 @@ def _request(
         fields["source"] = image.id
     fields.setdefault("disk_format", image.disk_format)
     fields.setdefault("container_format", image.container_format)
+    # The operator's conversion policy applies to API imports as to the CLI's.
+    fields.setdefault("target_format", ctx.settings.target_format)
     try:
         return ImportRequest.model_validate({"method": name, **fields})
     except ValueError as exc:
