@@ -23,7 +23,7 @@ from imageport.workers.broker import build_broker
 from imageport.workers.reaper import reap
 
 log = structlog.get_logger(__name__)
-WORKER_TIMEOUT_MS = 20  # longest idle sleep between two queue polls; dramatiq defaults to 1 s
+WORKER_TIMEOUT_MS = 10  # longest idle sleep between two queue polls; dramatiq defaults to 1 s
 EXTRA_STOP_SECONDS = 5.0  # beyond the grace period, for jobs to record their checkpoint
 
 
