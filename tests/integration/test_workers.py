@@ -262,11 +262,17 @@ def test_lost_queue_messages_are_resent(dist_env, db, workers, tmp_path, redis_u
 
 def test_retry_from_stage_reruns_a_failed_import(dist_env, db, workers, tmp_path):
     src = make_qcow2(tmp_path / "t.qcow2")
-    env = {**dist_env, "IMAGEPORT_QEMU_TIMEOUT_SECONDS": "0.001", "IMAGEPORT_MAX_ATTEMPTS": "1"}
-    first = workers(env=env)
+    # A qemu-img whose convert fails (info works): the import fails in stage convert.
+    broken = tmp_path / "qemu-img"
+    broken.write_text(
+        '#!/bin/sh\nif [ "$1" = convert ]; then echo "simulated failure" >&2; exit 1; fi\n'
+        'exec qemu-img "$@"\n'
+    )
+    broken.chmod(0o755)
+    first = workers(env={**dist_env, "IMAGEPORT_QEMU_IMG_PATH": str(broken)})
     ids = _submit(dist_env, src, "--target-format", "raw")
     wait_for(lambda: _task(db, ids["task_id"])[0] == "failure", 60, "the failure")
-    assert _task(db, ids["task_id"])[1] == "qemu_timeout"
+    assert _task(db, ids["task_id"])[1] == "conversion_failed"
     first.terminate()
 
     workers()
