@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import json
+import random
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ MIB = 1024 * 1024
 
 def make_raw(path: Path, *, virtual: int = 16 * MIB, data: int = 3 * MIB, seed: int = 1) -> Path:
     """A sparse raw disk with ``data`` random bytes spread over three regions."""
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - test data, not secrets
     with path.open("wb") as f:
         f.truncate(virtual)
         piece = data // 3
@@ -34,8 +35,6 @@ def make_qcow2(path: Path, *, virtual: int = 16 * MIB, data: int = 3 * MIB, seed
 
 def qemu_info(path: Path, fmt: str) -> dict:
     """qemu-img's own view of a file."""
-    import json  # noqa: PLC0415
-
     out = subprocess.run(
         ["qemu-img", "info", "-f", fmt, "--output=json", str(path)],
         check=True,
@@ -62,4 +61,4 @@ def stored_path(url: str) -> Path:
     return Path(url.removeprefix("file://"))
 
 
-__all__ = ["MIB", "file_digests", "leftover_files", "make_qcow2", "make_raw", "os", "qemu_info"]
+__all__ = ["MIB", "file_digests", "leftover_files", "make_qcow2", "make_raw", "qemu_info"]
