@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from imageport.pipeline.context import JobContext, Services
 from imageport.records import ImageStatus, TaskStatus, repository
 
@@ -58,17 +60,22 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
                 "container_format", ctx.request.container_format
             ),
         )
-        repository.set_task_status(
-            session,
-            ctx.task_id,
-            expected=TaskStatus.PROCESSING,
-            new=TaskStatus.SUCCESS,
-            message="",
-            result=result,
-            expires_at=ctx.expires_at(),
-        )
+        finish_task(session, ctx, result)
     remove_work_dirs(ctx)
     return result
+
+
+def finish_task(session: Session, ctx: JobContext, result: dict[str, Any]) -> None:
+    """Mark the task a success with its result (in the caller's fenced transaction)."""
+    repository.set_task_status(
+        session,
+        ctx.task_id,
+        expected=TaskStatus.PROCESSING,
+        new=TaskStatus.SUCCESS,
+        message="",
+        result=result,
+        expires_at=ctx.expires_at(),
+    )
 
 
 def remove_work_dirs(ctx: JobContext) -> None:

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from imageport.pipeline.activation import FAILED_IMPORT, IMPORTING_TO_STORES, remove_work_dirs
+from imageport.pipeline.activation import (
+    FAILED_IMPORT,
+    IMPORTING_TO_STORES,
+    finish_task,
+    remove_work_dirs,
+)
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.copying import target_store_ids
-from imageport.records import TaskStatus, repository
+from imageport.records import repository
 
 NAME = "activate"
 
@@ -44,15 +49,7 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
         failed = [s for s in _split(props.get(FAILED_IMPORT)) if s not in targets] + failed_now
         repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, ",".join(importing))
         repository.set_property(session, ctx.image_id, FAILED_IMPORT, ",".join(failed))
-        repository.set_task_status(
-            session,
-            ctx.task_id,
-            expected=TaskStatus.PROCESSING,
-            new=TaskStatus.SUCCESS,
-            message="",
-            result=result,
-            expires_at=ctx.expires_at(),
-        )
+        finish_task(session, ctx, result)
     remove_work_dirs(ctx)
     return result
 

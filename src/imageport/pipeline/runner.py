@@ -363,17 +363,13 @@ def _handle_failure(ctx: JobContext, services: Services, stage: str, exc: Pipeli
     if isinstance(exc, TransientError) and attempts < services.settings.max_attempts:
         delay = _backoff(attempts)
         metrics.RETRIES.inc()
-        with services.db.session() as session:
-            ctx.fence(session)
-            repository.set_task_status(
-                session,
-                ctx.task_id,
-                expected=TaskStatus.PROCESSING,
-                new=TaskStatus.PENDING,
-                message=f"attempt {attempts} failed in stage {stage} ({exc.code}): {exc}; "
-                f"retrying in {delay:.0f}s",
-                error_code=exc.code,
-            )
+        _requeue(
+            ctx,
+            services,
+            f"attempt {attempts} failed in stage {stage} ({exc.code}): {exc}; "
+            f"retrying in {delay:.0f}s",
+            error_code=exc.code,
+        )
         log.info("import will be retried", stage=stage, error_code=exc.code, delay=delay)
         return Outcome(TaskStatus.PENDING, retry_in=delay)
     fail_import(ctx, services, stage, exc)
@@ -394,6 +390,14 @@ def _interrupted(ctx: JobContext, services: Services, stage: str, stop: JobInter
         )
         return _handle_failure(ctx, services, stage, stalled)
     # Shutdown: the finished stages are durable; the next worker continues from here.
+    _requeue(ctx, services, f"worker shut down during stage {stage}; requeued")
+    return Outcome(TaskStatus.PENDING, retry_in=0.0)
+
+
+def _requeue(
+    ctx: JobContext, services: Services, message: str, *, error_code: str | None = None
+) -> None:
+    """Put the running task back to pending (the caller sends it again), fenced by the lease."""
     with services.db.session() as session:
         ctx.fence(session)
         repository.set_task_status(
@@ -401,9 +405,9 @@ def _interrupted(ctx: JobContext, services: Services, stage: str, stop: JobInter
             ctx.task_id,
             expected=TaskStatus.PROCESSING,
             new=TaskStatus.PENDING,
-            message=f"worker shut down during stage {stage}; requeued",
+            message=message,
+            error_code=error_code,
         )
-    return Outcome(TaskStatus.PENDING, retry_in=0.0)
 
 
 def _best_effort(action: Callable[[str], None], arg: str) -> None:
