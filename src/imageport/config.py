@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
@@ -107,6 +108,16 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str = "memory://"
     staging_dir: Path | None = None
+    #: Where staged data lives so that any worker can resume a job: ``file:///path`` (a local
+    #: or shared directory; takes the place of staging_dir) or ``s3://bucket/prefix`` (every
+    #: durable stage output is also kept in the bucket; staging_dir is then a local cache).
+    staging_url: str | None = None
+    #: Endpoint, region and credentials for an s3:// staging_url; unset, they are taken from
+    #: a configured S3 store of the same bucket, else boto3's usual chain.
+    staging_endpoint_url: str | None = None
+    staging_region: str | None = None
+    staging_access_key: str | None = None
+    staging_secret_key: str | None = None
     scratch_dir: Path | None = None
     default_store: str = "local"
     stores: dict[str, StoreSettings] = Field(default_factory=dict)
@@ -179,6 +190,19 @@ class Settings(BaseSettings):
             raise ValueError(f"default_store {self.default_store!r} is not in [stores]")
         return self
 
+    @model_validator(mode="after")
+    def _check_staging_url(self) -> Settings:
+        if self.staging_url is None:
+            return self
+        parts = urlsplit(self.staging_url)
+        if parts.scheme == "file" and parts.path.startswith("/") and not parts.netloc:
+            return self
+        if parts.scheme == "s3" and parts.netloc and not (parts.query or parts.fragment):
+            return self
+        raise ValueError(
+            f"staging_url {self.staging_url!r} must be file:///absolute/path or s3://bucket/prefix"
+        )
+
     # Derived locations: the embedded defaults all live under data_dir.
 
     @property
@@ -190,8 +214,37 @@ class Settings(BaseSettings):
 
     @property
     def resolved_staging_dir(self) -> Path:
-        """Where staged source bytes are kept between stages (one directory per task)."""
+        """Where staged source bytes are kept between stages (one directory per task).
+
+        A ``file://`` staging_url names it; with an ``s3://`` one it is the local cache.
+        """
+        if self.staging_url is not None and self.staging_url.startswith("file:"):
+            return Path(unquote(urlsplit(self.staging_url).path)).resolve()
         return (self.staging_dir or self.data_dir / "staging").resolve()
+
+    @property
+    def remote_staging(self) -> StoreSettings | None:
+        """The S3 bucket staged data is also kept in (``s3://`` staging_url), else None."""
+        if self.staging_url is None or not self.staging_url.startswith("s3:"):
+            return None
+        parts = urlsplit(self.staging_url)
+        prefix = unquote(parts.path).lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        # A target store in the same bucket knows the endpoint and credentials already.
+        same = next(
+            (c for c in self.stores.values() if c.kind == "s3" and c.bucket == parts.netloc),
+            StoreSettings(kind="s3", bucket=parts.netloc),
+        )
+        return StoreSettings(
+            kind="s3",
+            bucket=parts.netloc,
+            prefix=prefix,
+            endpoint_url=self.staging_endpoint_url or same.endpoint_url,
+            region=self.staging_region or same.region,
+            access_key=self.staging_access_key or same.access_key,
+            secret_key=self.staging_secret_key or same.secret_key,
+        )
 
     @property
     def resolved_scratch_dir(self) -> Path:

@@ -137,6 +137,12 @@ class DatabaseUnavailable(TransientError):
     code = "database_unavailable"
 
 
+class StagingLost(TransientError):
+    """Staged data a resumed job needs is gone (local and remote): retry, staging again."""
+
+    code = "staging_lost"
+
+
 class Stalled(TransientError):
     """A job made no progress for the stall timeout; it is retried."""
 

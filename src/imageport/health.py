@@ -2,7 +2,8 @@
 
 Ready means every dependency a job needs answers: the database (``SELECT 1``), the broker
 (Redis ``PING``; nothing to check for the in-process broker) and the staging directory
-(writable). Live means the process is serving and its workers are alive.
+(writable; with an ``s3://`` staging_url, the bucket answers too). Live means the process is
+serving and its workers are alive.
 """
 
 from __future__ import annotations
@@ -76,4 +77,23 @@ def _check_staging(settings: Settings) -> str:
             pass
     except OSError as exc:
         return f"not writable: {os.strerror(exc.errno or 0)}"
+    if settings.remote_staging is not None:
+        return _check_remote_staging(settings)
+    return "ok"
+
+
+#: A key no object ever has (the nil UUID): a HEAD of it proves endpoint, bucket and credentials.
+_PROBE_KEY = "00000000-0000-0000-0000-000000000000.health"
+
+
+def _check_remote_staging(settings: Settings) -> str:
+    from imageport.errors import PipelineError  # noqa: PLC0415 - keeps this module light
+    from imageport.stores import build_staging_store  # noqa: PLC0415 - imports boto3
+
+    store = build_staging_store(settings)
+    assert store is not None  # noqa: S101 - called only with an s3:// staging_url
+    try:
+        store.exists(store.url_for(_PROBE_KEY))
+    except PipelineError as exc:
+        return f"remote staging unreachable: {exc}"
     return "ok"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
+from moto.server import ThreadedMotoServer
+from s3_support import s3_client
+from services_support import free_port
 
 from imageport.config import Settings
 from imageport.pipeline.context import Services
@@ -30,3 +35,21 @@ def services(settings):
     opened.db.upgrade()
     yield opened
     opened.close()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A moto S3 server in this process, over real HTTP on 127.0.0.1."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto_endpoint):
+    """A new empty bucket on the moto server."""
+    name = f"images-{secrets.token_hex(4)}"
+    s3_client(moto_endpoint).create_bucket(Bucket=name)
+    return name

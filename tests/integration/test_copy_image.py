@@ -6,15 +6,8 @@
 from __future__ import annotations
 
 import pytest
+from s3_support import bucket_keys, md5, open_uploads, s3_client
 from test_multistore import PART, multi_services, proxy  # noqa: F401 - shared fixtures
-from test_stores import (  # noqa: F401 - shared fixtures
-    bucket,
-    bucket_keys,
-    md5,
-    moto_endpoint,
-    open_uploads,
-    s3_client,
-)
 
 from imageport.errors import InvalidRequest
 from imageport.pipeline import runner

@@ -7,7 +7,7 @@ its open multipart uploads can be listed directly afterwards.
 
 # Fixtures imported from test_stores are re-bound as test arguments (F811), and
 # http.server wants do_PUT-style handler names (N815).
-# ruff: noqa: F811, N815
+# ruff: noqa: N815
 
 from __future__ import annotations
 
@@ -16,14 +16,7 @@ import http.server
 import threading
 
 import pytest
-from test_stores import (  # noqa: F401 - fixtures shared with the store contract suite
-    bucket,
-    bucket_keys,
-    md5,
-    moto_endpoint,
-    open_uploads,
-    s3_client,
-)
+from s3_support import bucket_keys, md5, open_uploads, s3_client
 
 from imageport.config import Settings
 from imageport.pipeline import copying, runner

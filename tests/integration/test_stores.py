@@ -7,20 +7,16 @@ boto3 is patched. The http store reads files served by ``http.server`` on 127.0.
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
-import secrets
 import socket
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
-from moto.server import ThreadedMotoServer
+from s3_support import bucket_keys, md5, open_uploads, s3_client
 
 from imageport.errors import ConfigurationError, InvalidRequest, SourceNotFound
 from imageport.stores import FileStore, HttpStore, MemoryStore, S3Store
@@ -33,55 +29,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    """A moto S3 server in this process, over real HTTP on 127.0.0.1."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def s3_client(endpoint: str, *, attempts: int = 3):
-    """A boto3 client as build_stores makes one, pointed at ``endpoint``."""
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(
-            retries={"mode": "standard", "total_max_attempts": attempts},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
-
-
-@pytest.fixture
-def bucket(moto_endpoint):
-    """A new empty bucket on the moto server."""
-    name = f"images-{secrets.token_hex(4)}"
-    s3_client(moto_endpoint).create_bucket(Bucket=name)
-    return name
-
-
-def open_uploads(endpoint: str, bucket: str) -> list[dict]:
-    """Multipart uploads still open in ``bucket``, asked of moto directly."""
-    return s3_client(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-
-
-def bucket_keys(endpoint: str, bucket: str) -> list[str]:
-    return [
-        o["Key"] for o in s3_client(endpoint).list_objects_v2(Bucket=bucket).get("Contents", [])
-    ]
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 @pytest.fixture(scope="session")
@@ -213,6 +160,14 @@ def test_add_stream_of_unknown_size_is_stored_whole(writable):
     obj = writable.store.add(new_key(), chunks)
     assert obj.size == len(data)
     assert b"".join(writable.store.read(obj.url)) == data
+
+
+def test_url_for_names_where_a_key_is_stored(writable):
+    key = f"{new_key()}.source"  # staging objects carry a suffix after the id
+    assert not writable.store.exists(writable.store.url_for(key))
+    obj = writable.store.add(key, [b"staged"])
+    assert writable.store.url_for(key) == obj.url
+    assert writable.store.exists(obj.url)
 
 
 def test_add_with_known_size(writable):

@@ -81,6 +81,7 @@ async def _receive(ctx: ApiContext, image_id: str, request: Request) -> None:
         buffer = bytearray(ctx.settings.chunk_size)
         return uploads.receive(
             ctx.settings,
+            ctx.services.staging,
             image_id,
             body_chunks(request, buffer),
             disk_format=disk_format,
@@ -121,7 +122,7 @@ def _import_upload(ctx: ApiContext, image: Image, store: str | None) -> None:
     try:
         submitted = import_existing(ctx.services, image.id, request, expected=ImageStatus.UPLOADING)
     except PipelineError:
-        uploads.discard(ctx.settings, image.id)
+        uploads.discard(ctx.settings, ctx.services.staging, image.id)
         _back_to_queued(ctx, image.id)
         raise
     ctx.enqueue(submitted.task_id)

@@ -161,7 +161,7 @@ def remove_image(image_id: str, ctx: Ctx, who: Caller) -> Response:
         if image.protected:
             raise forbidden(f"image {image_id} is protected and cannot be deleted")
     delete_image(ctx.services, image_id)
-    uploads.discard(ctx.settings, image_id)  # data staged but never imported
+    uploads.discard(ctx.settings, ctx.services.staging, image_id)  # data staged but never imported
     return Response(status_code=204)
 
 

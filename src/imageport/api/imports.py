@@ -169,7 +169,7 @@ def _request(
     elif name == "glance-download":
         fields.update(_remote(ctx, image, method))
     else:  # glance-direct: the staged upload, found by the image id
-        if not uploads.has_upload(ctx.settings, image.id):
+        if not uploads.has_upload(ctx.settings, ctx.services.staging, image.id):
             raise conflict(f"image {image.id} has no staged data: PUT /stage first")
         fields["source"] = image.id
     fields.setdefault("disk_format", image.disk_format)

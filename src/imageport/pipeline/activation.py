@@ -61,7 +61,7 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
             ),
         )
         finish_task(session, ctx, result)
-    remove_work_dirs(ctx)
+    remove_work_dirs(ctx, services)
     return result
 
 
@@ -78,7 +78,10 @@ def finish_task(session: Session, ctx: JobContext, result: dict[str, Any]) -> No
     )
 
 
-def remove_work_dirs(ctx: JobContext) -> None:
-    """Delete the task's staging and scratch directories."""
+def remove_work_dirs(ctx: JobContext, services: Services) -> None:
+    """Delete the task's staging and scratch directories, and its remote staged objects."""
     shutil.rmtree(ctx.work_dir, ignore_errors=True)
     shutil.rmtree(ctx.scratch_dir, ignore_errors=True)
+    # A glance-direct job adopted the image's upload, which keeps its own name remotely.
+    upload_of = ctx.image_id if ctx.request.method == "glance-direct" else None
+    services.staging.discard_job(ctx.task_id, upload_of=upload_of)

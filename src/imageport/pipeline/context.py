@@ -19,9 +19,10 @@ from imageport.errors import JobInterrupted
 from imageport.pipeline.pinning import PinnedTransport
 from imageport.pipeline.qemu import Limits, QemuImg
 from imageport.pipeline.request import ImportRequest
+from imageport.pipeline.stagingarea import StagingArea
 from imageport.pipeline.urlpolicy import Resolver, UrlPolicy, system_resolver
 from imageport.records import Database, leases
-from imageport.stores import Store, build_stores
+from imageport.stores import Store, build_staging_store, build_stores
 
 #: Reports bytes done and, when known, bytes total; returns False when the job must stop.
 Progress = Callable[[int, int | None], bool]
@@ -36,6 +37,8 @@ class Services:
     stores: dict[str, Store]
     qemu: QemuImg
     http: httpx.Client
+    #: Where staged data lives (a local or shared directory, and maybe an S3 bucket).
+    staging: StagingArea
     #: Monotonic time after which running jobs must checkpoint and stop (set on SIGTERM).
     shutdown_at: float | None = None
 
@@ -48,6 +51,11 @@ class Services:
             stores=build_stores(settings),
             qemu=cls.build_qemu(settings),
             http=build_http_client(settings),
+            staging=StagingArea(
+                settings.resolved_staging_dir,
+                build_staging_store(settings),
+                chunk_size=settings.chunk_size,
+            ),
         )
 
     @staticmethod

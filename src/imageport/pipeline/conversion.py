@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from imageport.errors import ConversionFailed, NoSpace
-from imageport.pipeline import staging
+from imageport.pipeline import staging, stagingarea
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.headers import magic_format, qcow2_problem
 from imageport.pipeline.inspector import HEAD_SIZE
 from imageport.pipeline.qemu import qemu_format
+from imageport.pipeline.stagingarea import Tick
 
 NAME = "convert"
 CONVERTED_NAME = "converted"
@@ -32,9 +33,9 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
     target_format = ctx.request.final_format
     if target_format == source_format:
         return {"skipped": True, "converted": False, "format": source_format}
-    staged = Path(ctx.outputs["stage"]["path"])
+    staged = staging.staged_path(ctx)
     ctx.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    out = ctx.scratch_dir / CONVERTED_NAME
+    out = converted_path(ctx)
     # A raw output holds at least the source's data; qcow2's own overhead is small.
     needed = ctx.outputs["stage"].get("disk_size") or ctx.outputs["stage"]["size"]
     free = shutil.disk_usage(ctx.scratch_dir).free
@@ -53,8 +54,13 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
     info = services.qemu.info(out, target_format)
     _check_output(info, target_format)
     ctx.progress(total, total)
+    # Remote staging: a job taken over on another host copies from this, not from scratch.
+    url = services.staging.publish(
+        f"{ctx.task_id}.{stagingarea.CONVERTED}", out, lambda: ctx.progress(total, total)
+    )
     return {
         "converted": True,
+        "staged_url": url,
         "path": str(out),
         "format": target_format,
         "size": out.stat().st_size,
@@ -62,12 +68,28 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
     }
 
 
+def converted_path(ctx: JobContext) -> Path:
+    """The conversion output of a job, in this host's scratch directory."""
+    return ctx.scratch_dir / CONVERTED_NAME
+
+
 def still_valid(ctx: JobContext, services: Services, output: dict[str, Any]) -> bool:
     """Reuse a finished conversion only while its output (or, unconverted, the staged file)."""
     if not output.get("converted"):
         return staging.still_valid(ctx, services, ctx.outputs.get("stage", {}))
-    path = ctx.scratch_dir / CONVERTED_NAME
-    return path.is_file() and path.stat().st_size == output.get("size")
+    return services.staging.available(output.get("staged_url"), converted_path(ctx), output["size"])
+
+
+def restore(ctx: JobContext, services: Services, output: dict[str, Any], tick: Tick) -> None:
+    """Fetch what the copy stage reads (the output, or the staged file) if this host lacks it.
+
+    Raises:
+        StagingLost: neither this host nor remote staging has it.
+    """
+    if not output.get("converted"):
+        staging.restore(ctx, services, ctx.outputs["stage"], tick)
+        return
+    services.staging.restore(output.get("staged_url"), converted_path(ctx), output["size"], tick)
 
 
 def _check_head(path: Path, target_format: str) -> None:

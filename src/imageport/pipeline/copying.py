@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from imageport.errors import PipelineError, StoreCopyFailed
+from imageport.pipeline import conversion
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.extents import read_extents
 from imageport.pipeline.fanout import FanOutResult, fan_out
 from imageport.pipeline.hashing import Digests
+from imageport.pipeline.staging import staged_path
+from imageport.pipeline.stagingarea import Tick
 from imageport.stores import FileStore, Store, StoredObject, StoreWriter
 
 NAME = "copy"
@@ -69,6 +72,10 @@ def still_valid(ctx: JobContext, services: Services, output: dict[str, Any]) -> 
         return False
 
 
+def restore(ctx: JobContext, services: Services, output: dict[str, Any], tick: Tick) -> None:
+    """Nothing to fetch once the copies are made: activation reads only the records."""
+
+
 def target_store_ids(ctx: JobContext) -> list[str]:
     """The stores this import writes to: the request's, else the default store."""
     return list(ctx.request.stores) or [ctx.settings.default_store]
@@ -79,14 +86,15 @@ def _final_bytes(ctx: JobContext) -> tuple[Path, Digests | None]:
     staged = ctx.outputs["stage"]
     if converted.get("converted") or staged.get("compression"):
         # The final bytes differ from the bytes received: hash them on the way.
-        return Path(converted.get("path") or staged["path"]), None
+        path = conversion.converted_path(ctx) if converted.get("converted") else staged_path(ctx)
+        return path, None
     known = Digests(
         md5=staged["md5"],
         algo=staged["hash_algo"],
         value=staged["hash_value"],
         size=staged["size"],
     )
-    return Path(staged["path"]), known
+    return staged_path(ctx), known
 
 
 def _fan_out(

@@ -14,6 +14,7 @@ from typing import Any
 
 from imageport.config import Settings
 from imageport.errors import UnsafeImage
+from imageport.pipeline import staging
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.headers import virtual_size_problem
 from imageport.pipeline.inspector import Verdict
@@ -31,7 +32,8 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
     staged = ctx.outputs["stage"]
     verdict = Verdict(**staged["verdict"])
     verdict.raise_if_rejected()
-    virtual_size = second_opinion(services.qemu, Path(staged["path"]), verdict, ctx.settings)
+    path = staging.staged_path(ctx)
+    virtual_size = second_opinion(services.qemu, path, verdict, ctx.settings)
     return {"detected_format": verdict.detected_format, "virtual_size": virtual_size}
 
 

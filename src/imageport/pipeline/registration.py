@@ -50,7 +50,7 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
         repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, ",".join(importing))
         repository.set_property(session, ctx.image_id, FAILED_IMPORT, ",".join(failed))
         finish_task(session, ctx, result)
-    remove_work_dirs(ctx)
+    remove_work_dirs(ctx, services)
     return result
 
 

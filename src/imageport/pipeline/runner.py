@@ -28,6 +28,7 @@ from imageport.errors import (
     DatabaseUnavailable,
     JobInterrupted,
     PipelineError,
+    StagingLost,
     Stalled,
     TransientError,
 )
@@ -162,7 +163,9 @@ def _walk_stages(ctx: JobContext, services: Services, owner: str) -> Outcome:
         with Heartbeat(services, ctx.task_id, owner) as heartbeat:
             heartbeat.check()  # cancelled while queued: stop before touching any byte
             stages = stages_for(ctx.request)
-            resume_at = _resume_point(ctx, services, stages)
+            resume_at = _restore_inputs(
+                ctx, services, stages, _resume_point(ctx, services, stages), heartbeat
+            )
             for index, module in enumerate(stages):
                 if index < resume_at:
                     continue  # done earlier; a later stage's durable output supersedes it
@@ -256,6 +259,33 @@ def _resume_point(ctx: JobContext, services: Services, stages: Sequence[ModuleTy
             # A stage without files of its own (verify, inspect) is as good as the one before.
             valid.append(valid[-1] if valid else True)
     return max((i + 1 for i, ok in enumerate(valid) if ok), default=0)
+
+
+def _restore_inputs(
+    ctx: JobContext,
+    services: Services,
+    stages: Sequence[ModuleType],
+    resume_at: int,
+    heartbeat: Heartbeat,
+) -> int:
+    """Fetch the files the first stage to run reads, when this host lacks them.
+
+    The nearest finished stage with a ``restore`` hook made them (inspect and convert read the
+    staged file, copy reads the conversion's output): with remote staging a job taken over on
+    another host fetches them from there. Returns where to resume: 0 (stage again) when they
+    are lost after all.
+    """
+    for module in reversed(stages[:resume_at]):
+        restore: Callable[..., None] | None = getattr(module, "restore", None)
+        if restore is None:
+            continue
+        try:
+            restore(ctx, services, ctx.outputs[module.NAME], heartbeat.beat)
+        except StagingLost as exc:
+            log.warning("staged data lost; staging again", error=str(exc))
+            return 0
+        break
+    return resume_at
 
 
 def _run_stage(
@@ -426,7 +456,7 @@ def _backoff(attempt: int) -> float:
 
 def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineError) -> None:
     """Remove every byte the import wrote, put the image back to queued, fail the task."""
-    remove_work_dirs(ctx)
+    remove_work_dirs(ctx, services)
     stores = copying.target_store_ids(ctx)
     for store_id in stores:
         store = services.stores.get(store_id)

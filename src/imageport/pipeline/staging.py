@@ -21,12 +21,13 @@ from typing import Any
 
 from imageport.config import Settings
 from imageport.errors import NoSpace, PermanentError, SizeLimitExceeded, SourceUnavailable
-from imageport.pipeline import decompression, glance_download
+from imageport.pipeline import decompression, glance_download, stagingarea
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.extents import data_runs
 from imageport.pipeline.hashing import MultiHasher
 from imageport.pipeline.inspector import StreamInspector, Verdict, reject
 from imageport.pipeline.sources import SourceInfo, file_chunks, http_stream
+from imageport.pipeline.stagingarea import Tick
 
 NAME = "stage"
 STAGED_NAME = "source"  # the staged file's name inside the task's private directory
@@ -47,9 +48,9 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
         from imageport.pipeline import uploads  # noqa: PLC0415 - uploads imports this module
 
         # The API staged and scanned the upload already: adopt it, no second pass.
-        return uploads.adopt(ctx)
+        return uploads.adopt(ctx, services)
     ctx.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    target = ctx.work_dir / STAGED_NAME
+    target = staged_path(ctx)
     buffer = bytearray(ctx.settings.chunk_size)
     resume = _resumable_bytes(ctx, target)
     with _open_source(ctx, services, buffer, offset=resume) as (info, body):
@@ -64,7 +65,17 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
         check_space(ctx.work_dir, info.length)
         staged = _copy(ctx, chunks, target, info, keep=resume)
     (ctx.work_dir / RESUME_MARKER).unlink(missing_ok=True)
-    return {**staged, "resumed_from": resume}
+    done = staged["size"] or 0
+    # Remote staging: the staged file must be in the bucket before the stage counts as done.
+    url = services.staging.publish(
+        f"{ctx.task_id}.{stagingarea.SOURCE}", target, lambda: ctx.progress(done, done)
+    )
+    return {**staged, "resumed_from": resume, "staged_url": url}
+
+
+def staged_path(ctx: JobContext) -> Path:
+    """The staged file of a job (its directory may be on another host than the one recorded)."""
+    return ctx.work_dir / STAGED_NAME
 
 
 def _resumable_bytes(ctx: JobContext, target: Path) -> int:
@@ -88,11 +99,23 @@ def _mark_resumable(ctx: JobContext, chunks: Iterator[memoryview]) -> Iterator[m
         yield chunk
 
 
-def still_valid(ctx: JobContext, services: Services, output: dict[str, Any]) -> bool:  # noqa: ARG001
-    """A finished stage is reused only while its staged file is intact."""
-    path = ctx.work_dir / STAGED_NAME
+def still_valid(ctx: JobContext, services: Services, output: dict[str, Any]) -> bool:
+    """A finished stage is reused only while its staged file is intact here or remotely."""
+    return services.staging.available(output.get("staged_url"), staged_path(ctx), _disk(output))
+
+
+def restore(ctx: JobContext, services: Services, output: dict[str, Any], tick: Tick) -> None:
+    """Fetch the staged file from remote staging when this host does not have it.
+
+    Raises:
+        StagingLost: neither this host nor remote staging has it.
+    """
+    services.staging.restore(output.get("staged_url"), staged_path(ctx), _disk(output), tick)
+
+
+def _disk(output: dict[str, Any]) -> int:
     # The staged file is the disk: the decompressed bytes when the upload was compressed.
-    return path.is_file() and path.stat().st_size == output.get("disk_size", output.get("size"))
+    return int(output.get("disk_size", output.get("size")) or 0)
 
 
 @contextlib.contextmanager

@@ -21,10 +21,11 @@ from typing import Any
 from imageport.config import Settings
 from imageport.errors import SourceNotFound
 from imageport.pipeline import staging
-from imageport.pipeline.context import JobContext
+from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.extents import data_runs
 from imageport.pipeline.inspector import Verdict
 from imageport.pipeline.sources import file_chunks
+from imageport.pipeline.stagingarea import StagingArea, upload_names
 
 UPLOADS = "uploads"  # directory under the staging dir; task directories are UUIDs, never this
 SOURCE_NAME = "source"  # the uploaded file (the same name the stage step gives its output)
@@ -37,14 +38,20 @@ def upload_dir(settings: Settings, image_id: str) -> Path:
     return settings.resolved_staging_dir / UPLOADS / image_id
 
 
-def has_upload(settings: Settings, image_id: str) -> bool:
-    """Whether a complete upload (file and scan result) waits for the image's import."""
+def has_upload(settings: Settings, staging_area: StagingArea, image_id: str) -> bool:
+    """Whether a complete upload (file and scan result) waits for the image's import.
+
+    With remote staging the upload may have arrived at another API host: the bucket says.
+    """
     folder = upload_dir(settings, image_id)
-    return (folder / SOURCE_NAME).is_file() and (folder / SCAN_NAME).is_file()
+    if (folder / SOURCE_NAME).is_file() and (folder / SCAN_NAME).is_file():
+        return True
+    return staging_area.fetch_bytes(_remote_scan(image_id)) is not None
 
 
 def receive(
     settings: Settings,
+    staging_area: StagingArea,
     image_id: str,
     chunks: Iterator[memoryview],
     *,
@@ -55,6 +62,7 @@ def receive(
 
     Args:
         settings: caps, hash algorithm and staging location.
+        staging_area: where the upload is also kept when staging is remote.
         image_id: the image the bytes belong to.
         chunks: the request body (each chunk is consumed before the next is asked for).
         disk_format: the image's declared format, shown to the inspector (None: any).
@@ -66,15 +74,19 @@ def receive(
         NoSpace: not enough room in staging.
     """
     folder = upload_dir(settings, image_id)
-    discard(settings, image_id)  # a new upload replaces an interrupted one
+    discard(settings, staging_area, image_id)  # a new upload replaces an interrupted one
     folder.mkdir(mode=0o700, parents=True)
     try:
         staging.check_space(folder, length)
         scanned = _write(settings, folder / SOURCE_NAME, chunks, disk_format)
-        # The scan is written last: its presence marks a complete upload.
-        (folder / SCAN_NAME).write_text(json.dumps({"declared": disk_format, **scanned}))
+        record = json.dumps({"declared": disk_format, **scanned}).encode()
+        # Remote staging: the bytes first, the scan last; its presence marks a complete upload
+        # for a worker on another host, as the local scan file does here.
+        staging_area.publish(_remote_source(image_id), folder / SOURCE_NAME)
+        staging_area.publish_bytes(_remote_scan(image_id), record)
+        (folder / SCAN_NAME).write_bytes(record)
     except BaseException:
-        discard(settings, image_id)
+        discard(settings, staging_area, image_id)
         raise
     return scanned
 
@@ -99,15 +111,26 @@ def _write(
     return scanned
 
 
-def discard(settings: Settings, image_id: str) -> None:
-    """Remove the image's staged upload, if any."""
+def discard(settings: Settings, staging_area: StagingArea, image_id: str) -> None:
+    """Remove the image's staged upload, if any (here and in remote staging)."""
     shutil.rmtree(upload_dir(settings, image_id), ignore_errors=True)
+    staging_area.discard(*upload_names(image_id))
 
 
-def adopt(ctx: JobContext) -> dict[str, Any]:
+def _remote_source(image_id: str) -> str:
+    return upload_names(image_id)[0]
+
+
+def _remote_scan(image_id: str) -> str:
+    return upload_names(image_id)[1]
+
+
+def adopt(ctx: JobContext, services: Services) -> dict[str, Any]:
     """The glance-direct stage step: move the upload into the task's directory, reuse its scan.
 
-    Idempotent: a resumed job finds the file already moved and reuses it.
+    Idempotent: a resumed job finds the file already moved and reuses it. With remote staging
+    a worker on another host than the API that received the upload fetches it from there; the
+    remote upload object then stands for the staged file (no second upload).
 
     Raises:
         SourceNotFound: neither an upload nor an adopted upload exists.
@@ -115,12 +138,15 @@ def adopt(ctx: JobContext) -> dict[str, Any]:
     work = ctx.work_dir
     target, scan_file = work / SOURCE_NAME, work / ADOPTED_SCAN
     folder = upload_dir(ctx.settings, ctx.image_id)
-    if has_upload(ctx.settings, ctx.image_id):
+    remote_url = services.staging.url_of(_remote_source(ctx.image_id))
+    if (folder / SOURCE_NAME).is_file() and (folder / SCAN_NAME).is_file():
         work.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Renames within the staging file system: the bytes are not copied again.
         (folder / SCAN_NAME).replace(scan_file)
         (folder / SOURCE_NAME).replace(target)
         shutil.rmtree(folder, ignore_errors=True)
+    elif not (target.is_file() and scan_file.is_file()):
+        _fetch_remote(ctx, services, remote_url, target, scan_file)
     if not (target.is_file() and scan_file.is_file()):
         raise SourceNotFound(
             f"image {ctx.image_id} has no staged data: upload it again with PUT /stage"
@@ -140,4 +166,21 @@ def adopt(ctx: JobContext) -> dict[str, Any]:
         scanned["verdict"] = again["verdict"]
     ctx.progress(scanned["size"] or 0, scanned["size"])  # done at once: the bytes are here
     container = "bare" if scanned["compression"] else ctx.request.container_format
-    return {"path": str(target), "container_format": container, **scanned}
+    return {
+        "path": str(target),
+        "container_format": container,
+        "staged_url": remote_url,
+        **scanned,
+    }
+
+
+def _fetch_remote(
+    ctx: JobContext, services: Services, url: str | None, target: Path, scan_file: Path
+) -> None:
+    """Bring an upload received by another host from remote staging (if it is there)."""
+    record = services.staging.fetch_bytes(_remote_scan(ctx.image_id))
+    if record is None:
+        return
+    size = int(json.loads(record)["disk_size"])
+    services.staging.restore(url, target, size, lambda: ctx.progress(0, size))
+    scan_file.write_bytes(record)  # last: its presence marks a complete adoption

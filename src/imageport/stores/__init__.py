@@ -36,6 +36,7 @@ __all__ = [
     "StoreWriter",
     "StoredObject",
     "add_stream",
+    "build_staging_store",
     "build_stores",
 ]
 
@@ -102,6 +103,12 @@ _FACTORIES: dict[str, Callable[[str, StoreSettings, Settings], Store]] = {
     "s3": _s3_store,
     "http": _http_store,  # usable once StoreSettings.kind accepts "http"
 }
+
+
+def build_staging_store(settings: Settings) -> Store | None:
+    """The S3 store of an ``s3://`` staging_url (id ``staging``), else None (local staging)."""
+    conf = settings.remote_staging
+    return None if conf is None else _s3_store("staging", conf, settings)
 
 
 def build_stores(settings: Settings) -> dict[str, Store]:

@@ -68,6 +68,9 @@ class Store(Protocol):
     def begin_write(self, key: str, *, size: int | None = None) -> StoreWriter:
         """Start writing object ``key`` (an image id); ``size`` when known."""
 
+    def url_for(self, key: str) -> str:
+        """The location URL object ``key`` has (or would have) in this store."""
+
     def read(self, url: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Stream the object at ``url`` from ``offset`` for ``length`` bytes (all if None)."""
 

@@ -106,6 +106,10 @@ class FileStore:
         """Write ``chunks`` as ``key`` atomically (temp file, fsync, rename)."""
         return add_stream(self, key, chunks, size=size)
 
+    def url_for(self, key: str) -> str:
+        """The ``file://`` URL of object ``key``."""
+        return (self.root / check_key(key)).as_uri()
+
     def path_of(self, url: str) -> Path:
         """Map a ``file://`` URL to a path inside this store, refusing anything outside it."""
         parts = urlsplit(url)

@@ -62,6 +62,10 @@ class HttpStore:
         """Refuse: http locations are read-only."""
         raise InvalidRequest(f"store {self.store_id} is read-only (http)")
 
+    def url_for(self, key: str) -> str:
+        """Refuse: http locations are named by their server, not by us."""
+        raise InvalidRequest(f"store {self.store_id} has no object {key!r} (http)")
+
     def read(self, url: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Stream ``url``, asking for a Range; a server that ignores it is trimmed here."""
         _check_url(url)

@@ -33,7 +33,7 @@ class MemoryWriter:
 
     def commit(self) -> StoredObject:
         """Publish the object."""
-        url = f"memory://{self._store.store_id}/{self._key}"
+        url = self._store.url_for(self._key)
         self._store.objects[url] = bytes(self._buffer)
         return StoredObject(store_id=self._store.store_id, url=url, size=len(self._buffer))
 
@@ -64,6 +64,10 @@ class MemoryStore:
     ) -> StoredObject:
         """Buffer ``chunks`` and publish them as ``key``."""
         return add_stream(self, key, chunks, size=size)
+
+    def url_for(self, key: str) -> str:
+        """The ``memory://`` URL of object ``key``."""
+        return f"memory://{self.store_id}/{check_key(key)}"
 
     def read(self, url: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Yield the object's bytes."""

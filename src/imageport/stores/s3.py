@@ -105,6 +105,10 @@ class S3Store:
         """The location URL of an S3 key in this bucket."""
         return f"s3://{self.bucket}/{object_key}"
 
+    def url_for(self, key: str) -> str:
+        """The ``s3://`` URL of image ``key``."""
+        return self.url_of(self.object_key(key))
+
     def key_of(self, url: str) -> str:
         """The S3 key behind a location URL of this store; refuses any other URL."""
         parts = urlsplit(url)

@@ -3,6 +3,8 @@
 * A processing task whose lease expired lost its worker (killed, OOM, host gone, hung): it is
   put back to pending and queued again — or failed, with everything it wrote removed, once it
   used up ``max_attempts``.
+* This host's staging and scratch directories of jobs that are over are removed
+  (:mod:`imageport.workers.sweeper`).
 * A pending task nobody holds that has waited longer than a lease may have lost its queue
   message (a broker restarted without persistence): its message is sent again. Duplicates are
   harmless: a live lease drops them, a finished task ignores them.
@@ -24,6 +26,7 @@ from imageport.pipeline.runner import context_of, fail_import
 from imageport.records import TaskStatus, leases, repository
 from imageport.records.base import utcnow
 from imageport.workers import metrics
+from imageport.workers.sweeper import sweep_local
 
 log = structlog.get_logger(__name__)
 REAPER_OWNER = "reaper"
@@ -42,14 +45,21 @@ class ReapReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    #: Local directories of finished jobs removed from this host (see the sweeper).
+    swept: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list[str]]:
         """The report as JSON-ready lists."""
-        return {"requeued": self.requeued, "failed": self.failed, "resent": self.resent}
+        return {
+            "requeued": self.requeued,
+            "failed": self.failed,
+            "resent": self.resent,
+            "swept": self.swept,
+        }
 
 
 def reap(services: Services, enqueue: Callable[[str], None]) -> ReapReport:
-    """One pass: requeue or fail expired jobs, resend stale pending ones."""
+    """One pass: requeue or fail expired jobs, resend stale pending ones, sweep this host."""
     report = ReapReport()
     now = utcnow()
     with services.db.session() as session:
@@ -70,6 +80,7 @@ def reap(services: Services, enqueue: Callable[[str], None]) -> ReapReport:
     for task_id in stale:
         enqueue(task_id)
         report.resent.append(task_id)
+    report.swept = sweep_local(services)
     for action, ids in report.as_dict().items():
         if ids:
             metrics.REAPED.labels(action=action).inc(len(ids))
