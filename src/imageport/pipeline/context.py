@@ -124,6 +124,15 @@ class JobContext:
     progress: Progress = field(default=lambda _done, _total: True)
     #: The lease owner running the job; every record the job writes is fenced by it.
     owner: str | None = None
+    #: Whether an admin had asked to cancel when the job was picked up (read with the lease).
+    cancel_requested: bool = False
+    #: The last attempt number of each stage so far (the lease holder numbers new runs).
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    def next_attempt(self, stage: str) -> int:
+        """Count one more attempt at ``stage`` and return its number."""
+        self.attempts[stage] = self.attempts.get(stage, 0) + 1
+        return self.attempts[stage]
 
     def fence(self, session: Session) -> None:
         """Raise JobInterrupted(lease_lost) unless this job still holds the task's lease.

@@ -29,7 +29,18 @@ MAX_BEAT_INTERVAL = 2.0  # seconds; cancel is noticed at least this often
 class Heartbeat:
     """Keeps one job's lease alive while the job makes progress."""
 
-    def __init__(self, services: Services, task_id: str, owner: str) -> None:
+    def __init__(
+        self, services: Services, task_id: str, owner: str, *, cancelled: bool | None = None
+    ) -> None:
+        """Watch ``task_id`` for ``owner``.
+
+        Args:
+            services: the database the lease lives in, and the shutdown time.
+            task_id: the job's task.
+            owner: the lease holder.
+            cancelled: the cancel flag, when the caller read it in the transaction that just
+                took the lease (the first beat then needs no transaction of its own).
+        """
         self._services = services
         self._task_id = task_id
         self._owner = owner
@@ -42,9 +53,13 @@ class Heartbeat:
         self._done = threading.Event()
         self.reason: str | None = None
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{task_id}", daemon=True)
+        self._primed = cancelled
 
     def __enter__(self) -> Self:
-        self._tick()  # one synchronous beat: a job cancelled while queued stops at once
+        if self._primed is None:
+            self._tick()  # one synchronous beat: a job cancelled while queued stops at once
+        elif self._primed:
+            self.reason = JobInterrupted.CANCELLED
         self._thread.start()
         return self
 

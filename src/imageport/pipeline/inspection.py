@@ -46,7 +46,11 @@ class ProbeMismatch(UnsafeImage):
 
 
 def second_opinion(qemu: QemuImg, path: Path, verdict: Verdict, settings: Settings) -> int:
-    """Run ``qemu-img info -f`` and qemu's probe on an accepted image; return the virtual size.
+    """Check an accepted image with ``qemu-img info``, forced and probed; return the virtual size.
+
+    qemu's own probe (no ``-f``) must name the inspector's format; the JSON of ``info -f``
+    must agree with the inspector. When the probe names that format, its JSON *is* the forced
+    one and qemu-img runs once; otherwise ``info -f`` runs as well.
 
     Raises:
         UnsafeImage: qemu-img disagrees with the inspector or reports an unsafe feature.
@@ -54,11 +58,13 @@ def second_opinion(qemu: QemuImg, path: Path, verdict: Verdict, settings: Settin
     """
     verdict.raise_if_rejected()  # never hand qemu-img a file the inspector refused
     fmt = verdict.detected_format or "raw"
-    info = qemu.info(path, fmt)
-    cross_check(info, path, verdict, settings)
     probe = qemu.info(path, None)
     # qemu probes headers only: a fixed VHD (footer at EOF) is raw to it, as oslo would say.
     expected = "raw" if verdict.subformat == "fixed" else qemu_format(fmt)
+    # When qemu opened the image with the very driver ``-f`` names, its JSON is what
+    # ``info -f`` would print: one qemu-img run gives both opinions.
+    info = probe if probe.get("format") == qemu_format(fmt) else qemu.info(path, fmt)
+    cross_check(info, path, verdict, settings)  # its specific refusals come first
     if probe.get("format") != expected:
         raise ProbeMismatch(
             f"qemu-img recognises the image as {probe.get('format')}, the inspector as {fmt}: "

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -75,7 +76,7 @@ def run_limited(args: Sequence[str], limits: Limits, progress: ProgressHook | No
     """
     argv = [
         *network_sandbox(),
-        "prlimit",
+        _which("prlimit"),
         f"--as={limits.address_space}",
         f"--cpu={limits.cpu_seconds}",
         "--",
@@ -147,6 +148,12 @@ _SANDBOXES = (
 
 
 @functools.cache
+def _which(command: str) -> str:
+    """The absolute path of ``command`` (looked up once: every exec would search PATH again)."""
+    return shutil.which(command) or command
+
+
+@functools.cache
 def network_sandbox() -> tuple[str, ...]:
     """The command prefix that runs qemu-img in an empty network namespace, or ``()``.
 
@@ -155,7 +162,8 @@ def network_sandbox() -> tuple[str, ...]:
     silently: the Python checks, ``-f``, the cut backing chain and the absence of
     qemu-block-extra remain the real defences, the namespace only makes a missed case harmless.
     """
-    for prefix in _SANDBOXES:
+    for candidate in _SANDBOXES:
+        prefix = (_which(candidate[0]), *candidate[1:])
         try:
             probe = subprocess.run(  # noqa: PLW1510 - the return code is the answer
                 [*prefix, "true"], capture_output=True, timeout=10
@@ -193,7 +201,7 @@ class QemuImg:
         convert_timeout: float,
         runner: Runner = run_limited,
     ) -> None:
-        self._binary = binary
+        self._binary = _which(binary)
         self._info_limits = info_limits
         self._convert_limits = Limits(
             address_space=CONVERT_ADDRESS_SPACE,

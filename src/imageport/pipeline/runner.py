@@ -97,10 +97,16 @@ def run_import(services: Services, task_id: str, *, owner: str | None = None) ->
     lease is dropped. A finished task is left alone.
     """
     owner = owner or default_owner()
+    ctx: JobContext | None = None
     with services.db.session() as session:
+        # One transaction takes the lease and starts the job: a tiny import is dominated by
+        # such round trips, and a worker must not spend them on bookkeeping.
         acquired = leases.acquire(session, task_id, owner, services.settings.lease_ttl_seconds)
-        status = TaskStatus(repository.get_task(session, task_id).status)
-    if not acquired.ok:
+        if acquired.ok:
+            ctx = _begin(session, services, task_id, owner)
+        else:
+            status = TaskStatus(repository.get_task(session, task_id).status)
+    if ctx is None:
         finished = status in (TaskStatus.SUCCESS, TaskStatus.FAILURE)
         log.info("delivery dropped", task_id=task_id, holder=acquired.holder, status=status)
         return Outcome(status, dropped=not finished)
@@ -109,7 +115,7 @@ def run_import(services: Services, task_id: str, *, owner: str | None = None) ->
         log.info("lease taken over", task_id=task_id)
     outcome: Outcome | None = None
     try:
-        outcome = _run_leased(services, task_id, owner)
+        outcome = _run_leased(services, ctx, owner)
         return outcome  # noqa: RET504 - the finally clause reads it
     finally:
         if outcome is None or not outcome.dropped:  # a lost lease is not ours to release
@@ -121,11 +127,8 @@ def run_import(services: Services, task_id: str, *, owner: str | None = None) ->
                 leases.release(session, task_id, owner, not_before=not_before)
 
 
-def _run_leased(services: Services, task_id: str, owner: str) -> Outcome:
-    ctx = _begin(services, task_id, owner)
-    if ctx is None:
-        with services.db.session() as session:
-            return Outcome(TaskStatus(repository.get_task(session, task_id).status))
+def _run_leased(services: Services, ctx: JobContext, owner: str) -> Outcome:
+    task_id = ctx.task_id
     structlog.contextvars.bind_contextvars(task_id=task_id, image_id=ctx.image_id)
     started = time.monotonic()
     metrics.IN_FLIGHT.inc()
@@ -160,18 +163,21 @@ def _walk(ctx: JobContext, services: Services, owner: str) -> Outcome:
 def _walk_stages(ctx: JobContext, services: Services, owner: str) -> Outcome:
     stage_name = stages_for(ctx.request)[0].NAME
     try:
-        with Heartbeat(services, ctx.task_id, owner) as heartbeat:
+        # _begin just renewed the lease and read the cancel flag: no first tick needed.
+        with Heartbeat(services, ctx.task_id, owner, cancelled=ctx.cancel_requested) as heartbeat:
             heartbeat.check()  # cancelled while queued: stop before touching any byte
             stages = stages_for(ctx.request)
             resume_at = _restore_inputs(
                 ctx, services, stages, _resume_point(ctx, services, stages), heartbeat
             )
-            for index, module in enumerate(stages):
-                if index < resume_at:
-                    continue  # done earlier; a later stage's durable output supersedes it
+            # Stages done earlier are skipped: a later stage's durable output supersedes them.
+            to_run = stages[resume_at:]
+            run_id: int | None = None
+            for index, module in enumerate(to_run):
                 stage_name = module.NAME
                 structlog.contextvars.bind_contextvars(stage=stage_name)
-                _run_stage(ctx, services, module, heartbeat)
+                following = to_run[index + 1].NAME if index + 1 < len(to_run) else None
+                run_id = _run_stage(ctx, services, module, heartbeat, run_id, following)
     except JobInterrupted as stop:
         return _interrupted(ctx, services, stage_name, stop)
     except PipelineError as exc:
@@ -207,34 +213,33 @@ def context_of(services: Services, task_id: str) -> JobContext:
     return ctx
 
 
-def _begin(services: Services, task_id: str, owner: str) -> JobContext | None:
-    """Move the task to processing and load the outputs of finished stages."""
-    with services.db.session() as session:
-        task = repository.get_task(session, task_id)
-        if task.status in (TaskStatus.SUCCESS, TaskStatus.FAILURE):
-            return None  # a redelivered message for a finished job: nothing to do
-        if task.status == TaskStatus.PENDING:
-            repository.set_task_status(
-                session, task_id, expected=TaskStatus.PENDING, new=TaskStatus.PROCESSING
-            )
-        task.attempts += 1
-        request = ImportRequest.model_validate(task.input["request"])
-        assert task.image_id is not None  # noqa: S101 - import tasks always have an image
-        ctx = JobContext(
-            task_id=task_id,
-            image_id=task.image_id,
-            request=request,
-            settings=services.settings,
-            owner=owner,
+def _begin(session: Session, services: Services, task_id: str, owner: str) -> JobContext:
+    """Move the leased task to processing and load the outputs of finished stages."""
+    task = repository.get_task(session, task_id)
+    if task.status == TaskStatus.PENDING:
+        repository.set_task_status(
+            session, task_id, expected=TaskStatus.PENDING, new=TaskStatus.PROCESSING
         )
-        names = [m.NAME for m in stages_for(request)]
-        # An admin retry --from-stage S re-runs S and everything after it.
-        keep = names[: names.index(task.restart_stage)] if task.restart_stage in names else names
-        task.restart_stage = None
-        for name, run in repository.latest_stage_runs(session, task_id).items():
-            reusable = run.status in (StageStatus.DONE, StageStatus.SKIPPED)
-            if reusable and run.output is not None and name in keep:
-                ctx.outputs[name] = dict(run.output)
+    task.attempts += 1
+    request = ImportRequest.model_validate(task.input["request"])
+    assert task.image_id is not None  # noqa: S101 - import tasks always have an image
+    ctx = JobContext(
+        task_id=task_id,
+        image_id=task.image_id,
+        request=request,
+        settings=services.settings,
+        owner=owner,
+        cancel_requested=bool(task.cancel_requested),
+    )
+    names = [m.NAME for m in stages_for(request)]
+    # An admin retry --from-stage S re-runs S and everything after it.
+    keep = names[: names.index(task.restart_stage)] if task.restart_stage in names else names
+    task.restart_stage = None
+    for name, run in repository.latest_stage_runs(session, task_id).items():
+        ctx.attempts[name] = run.attempt
+        reusable = run.status in (StageStatus.DONE, StageStatus.SKIPPED)
+        if reusable and run.output is not None and name in keep:
+            ctx.outputs[name] = dict(run.output)
     return ctx
 
 
@@ -289,13 +294,24 @@ def _restore_inputs(
 
 
 def _run_stage(
-    ctx: JobContext, services: Services, module: ModuleType, heartbeat: Heartbeat
-) -> None:
-    """Run one stage, recording its start, progress and outcome."""
+    ctx: JobContext,
+    services: Services,
+    module: ModuleType,
+    heartbeat: Heartbeat,
+    run_id: int | None,
+    following: str | None,
+) -> int | None:
+    """Run one stage, recording its start, progress and outcome.
+
+    ``run_id`` is the stage's run row when the previous stage's outcome transaction started
+    it already; a success starts the ``following`` stage's row the same way, and returns it.
+    """
     name: str = module.NAME
     ctx.outputs.pop(name, None)
-    with services.db.session() as session:
-        run_id = repository.start_stage_run(session, ctx.task_id, name).id
+    if run_id is None:
+        with services.db.session() as session:
+            attempt = ctx.next_attempt(name)
+            run_id = repository.start_stage_run(session, ctx.task_id, name, attempt=attempt).id
     writer = _ProgressWriter(services, run_id, heartbeat)
     ctx.progress = writer
     started = time.monotonic()
@@ -314,12 +330,13 @@ def _run_stage(
     heartbeat.check()  # a job that lost its lease must not record a result
     status = StageStatus.SKIPPED if output.get("skipped") else StageStatus.DONE
     ctx.outputs[name] = output
-    _finish(ctx, writer, status, output, None)
+    next_run = _finish(ctx, writer, status, output, None, following=following)
     seconds = time.monotonic() - started
     metrics.STAGE_SECONDS.labels(stage=name).observe(seconds)
     if writer.done:
         metrics.BYTES.labels(stage=name).inc(writer.done)
     log.info("stage finished", stage=name, status=status, seconds=round(seconds, 3))
+    return next_run
 
 
 def _finish(
@@ -328,8 +345,13 @@ def _finish(
     status: StageStatus,
     output: dict[str, Any] | None,
     error: PipelineError | None,
-) -> None:
-    """Record a stage's outcome and its last progress numbers in one fenced transaction."""
+    *,
+    following: str | None = None,
+) -> int | None:
+    """Record a stage's outcome and its last progress numbers in one fenced transaction.
+
+    With ``following``, the same transaction starts that stage's run row; its id is returned.
+    """
     with writer.services.db.session() as session:
         ctx.fence(session)
         writer.flush(session)
@@ -341,6 +363,10 @@ def _finish(
             error_code=error.code if error else None,
             error_message=error.message if error else None,
         )
+        if following is None:
+            return None
+        attempt = ctx.next_attempt(following)
+        return repository.start_stage_run(session, ctx.task_id, following, attempt=attempt).id
 
 
 class _ProgressWriter:
@@ -351,7 +377,9 @@ class _ProgressWriter:
         self._heartbeat = heartbeat
         self.run_id = run_id
         self._interval = services.settings.progress_interval_seconds
-        self._last = 0.0
+        # The stage's row says 0 bytes already: the first write waits one interval, so a
+        # short stage writes its numbers once, with its outcome.
+        self._last = time.monotonic()
         self._state: tuple[int, int | None] | None = None
         self._written: tuple[int, int | None] | None = None
 

@@ -51,7 +51,7 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
         return uploads.adopt(ctx, services)
     ctx.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = staged_path(ctx)
-    buffer = bytearray(ctx.settings.chunk_size)
+    buffer = bytearray(_buffer_size(ctx))
     resume = _resumable_bytes(ctx, target)
     with _open_source(ctx, services, buffer, offset=resume) as (info, body):
         if info.start != resume:
@@ -76,6 +76,17 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
 def staged_path(ctx: JobContext) -> Path:
     """The staged file of a job (its directory may be on another host than the one recorded)."""
     return ctx.work_dir / STAGED_NAME
+
+
+def _buffer_size(ctx: JobContext) -> int:
+    """A chunk buffer no larger than a local source needs (zeroing 8 MiB costs ~1 ms)."""
+    size = ctx.settings.chunk_size
+    if ctx.request.method == "local-file":
+        with contextlib.suppress(OSError):
+            # Whole pages, at least 64 KiB; a file that grows meanwhile is read in more chunks.
+            length = Path(ctx.request.source).stat().st_size
+            size = min(size, max(64 * 1024, -(-length // 4096) * 4096))
+    return size
 
 
 def _resumable_bytes(ctx: JobContext, target: Path) -> int:

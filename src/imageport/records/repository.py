@@ -328,24 +328,34 @@ def set_task_status(
 
 
 def start_stage_run(
-    session: Session, task_id: str, stage: str, *, bytes_total: int | None = None
+    session: Session,
+    task_id: str,
+    stage: str,
+    *,
+    bytes_total: int | None = None,
+    attempt: int | None = None,
 ) -> StageRun:
     """Add a ``running`` row for the next attempt at ``stage`` of the task; return it.
+
+    ``attempt`` is the attempt number when the caller knows it (a job holding the task's
+    lease counts its own); otherwise it is looked up.
 
     Raises:
         NotFound: if there is no task with this id.
     """
-    get_task(session, task_id)
-    last = session.scalar(
-        select(func.max(StageRun.attempt)).where(
-            StageRun.task_id == task_id, StageRun.stage == stage
+    if attempt is None:
+        get_task(session, task_id)
+        last = session.scalar(
+            select(func.max(StageRun.attempt)).where(
+                StageRun.task_id == task_id, StageRun.stage == stage
+            )
         )
-    )
+        attempt = (last or 0) + 1
     run = StageRun(
         task_id=task_id,
         stage=stage,
         status=StageStatus.RUNNING,
-        attempt=(last or 0) + 1,
+        attempt=attempt,
         started_at=utcnow(),
         bytes_done=0,
         bytes_total=bytes_total,
@@ -387,10 +397,8 @@ def finish_stage_run(
         StateConflict: if the run's status changed between reading and writing it.
         NotFound: if there is no stage run with this id.
     """
-    run = session.get(StageRun, run_id, populate_existing=True)
-    if run is None:
-        raise NotFound(f"stage run {run_id} not found")
-    olds = _expected_statuses(StageStatus, run.status, status)
+    # A run ends from running: one conditional UPDATE, and a read only to explain a refusal.
+    olds = _expected_statuses(StageStatus, StageStatus.RUNNING, status)
     statement = (
         update(StageRun)
         .where(StageRun.id == run_id, StageRun.status.in_(olds))
@@ -402,8 +410,13 @@ def finish_stage_run(
             error_message=error_message,
         )
     )
-    if _rowcount(session, statement) == 0:
-        raise StateConflict(f"stage run {run_id} is no longer {run.status}")
+    if _rowcount(session, statement) == 1:
+        return
+    run = session.get(StageRun, run_id, populate_existing=True)
+    if run is None:
+        raise NotFound(f"stage run {run_id} not found")
+    _expected_statuses(StageStatus, run.status, status)  # IllegalTransition, e.g. done → failed
+    raise StateConflict(f"stage run {run_id} is no longer running but {run.status}")
 
 
 def stage_runs(session: Session, task_id: str) -> list[StageRun]:

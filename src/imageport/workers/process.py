@@ -23,7 +23,9 @@ from imageport.workers.broker import build_broker
 from imageport.workers.reaper import reap
 
 log = structlog.get_logger(__name__)
-WORKER_TIMEOUT_MS = 10  # longest idle sleep between two queue polls; dramatiq defaults to 1 s
+#: Longest idle sleep between two queue polls (dramatiq defaults to 1 s). 30 ms keeps pickup
+#: well under 100 ms while an idle process costs ~2% of a core instead of ~7% at 10 ms.
+WORKER_TIMEOUT_MS = 30
 EXTRA_STOP_SECONDS = 5.0  # beyond the grace period, for jobs to record their checkpoint
 
 
