@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from imageport.errors import (
     ConfigurationError,
@@ -568,6 +568,17 @@ def test_stage_runs(database):
             repository.update_stage_progress(session, 10**9, bytes_done=1)
         with pytest.raises(NotFound):
             repository.start_stage_run(session, "missing", "stage")
+
+
+def test_open_stage_run_numbers_attempts_as_told_and_refuses_a_number_twice(database):
+    _, task_id = _new_task(database)
+    with database.session() as session:
+        run_id = repository.open_stage_run(session, task_id, "stage", attempt=1)
+        run = session.get(StageRun, run_id)
+        assert (run.attempt, run.status, run.bytes_done) == (1, StageStatus.RUNNING, 0)
+        assert repository.start_stage_run(session, task_id, "stage").attempt == 2
+    with pytest.raises(IntegrityError), database.session() as session:
+        repository.open_stage_run(session, task_id, "stage", attempt=2)
 
 
 def test_task_to_dict(database):

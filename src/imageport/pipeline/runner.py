@@ -311,7 +311,7 @@ def _run_stage(
     if run_id is None:
         with services.db.session() as session:
             attempt = ctx.next_attempt(name)
-            run_id = repository.start_stage_run(session, ctx.task_id, name, attempt=attempt).id
+            run_id = repository.open_stage_run(session, ctx.task_id, name, attempt=attempt)
     writer = _ProgressWriter(services, run_id, heartbeat)
     ctx.progress = writer
     started = time.monotonic()
@@ -366,7 +366,7 @@ def _finish(
         if following is None:
             return None
         attempt = ctx.next_attempt(following)
-        return repository.start_stage_run(session, ctx.task_id, following, attempt=attempt).id
+        return repository.open_stage_run(session, ctx.task_id, following, attempt=attempt)
 
 
 class _ProgressWriter:
