@@ -31,18 +31,15 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
     }
     with services.db.session() as session:
         ctx.fence(session)  # only the lease holder may activate: never twice, never stale
-        repository.remove_locations(session, ctx.image_id)
-        for loc in copied["locations"]:
-            repository.add_location(
-                session,
-                ctx.image_id,
-                store_id=loc["store_id"],
-                url=loc["url"],
-                metadata=loc["metadata"],
-            )
-        repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, "")
-        repository.set_property(
-            session, ctx.image_id, FAILED_IMPORT, ",".join(copied["failed_stores"])
+        repository.replace_locations(
+            session,
+            ctx.image_id,
+            [(loc["store_id"], loc["url"], loc["metadata"]) for loc in copied["locations"]],
+        )
+        repository.set_properties(
+            session,
+            ctx.image_id,
+            {IMPORTING_TO_STORES: "", FAILED_IMPORT: ",".join(copied["failed_stores"])},
         )
         repository.set_image_status(
             session,

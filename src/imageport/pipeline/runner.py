@@ -83,6 +83,7 @@ class Outcome:
     status: TaskStatus
     retry_in: float | None = None  # seconds, when the job must be queued again
     dropped: bool = False  # True when another worker holds the job (or took it over)
+    released: bool = False  # True when the lease was already given up with the last record
 
 
 def default_owner() -> str:
@@ -118,7 +119,8 @@ def run_import(services: Services, task_id: str, *, owner: str | None = None) ->
         outcome = _run_leased(services, ctx, owner)
         return outcome  # noqa: RET504 - the finally clause reads it
     finally:
-        if outcome is None or not outcome.dropped:  # a lost lease is not ours to release
+        # A lost lease is not ours to release; a finished job released it with its last record.
+        if outcome is None or not (outcome.dropped or outcome.released):
             with services.db.session() as session:
                 # A scheduled retry keeps a "not before" time, so the reaper waits for it.
                 not_before = (
@@ -162,6 +164,7 @@ def _walk(ctx: JobContext, services: Services, owner: str) -> Outcome:
 
 def _walk_stages(ctx: JobContext, services: Services, owner: str) -> Outcome:
     stage_name = stages_for(ctx.request)[0].NAME
+    to_run: Sequence[ModuleType] = ()
     try:
         # _begin just renewed the lease and read the cancel flag: no first tick needed.
         with Heartbeat(services, ctx.task_id, owner, cancelled=ctx.cancel_requested) as heartbeat:
@@ -193,7 +196,8 @@ def _walk_stages(ctx: JobContext, services: Services, owner: str) -> Outcome:
         wrapped = PipelineError(f"internal error in stage {stage_name}: {exc!r}")
         return _handle_failure(ctx, services, stage_name, wrapped)
     metrics.IMPORTS.labels(outcome="success", code="").inc()
-    return Outcome(TaskStatus.SUCCESS)
+    # The last stage's outcome transaction gave the lease up (when a stage ran at all).
+    return Outcome(TaskStatus.SUCCESS, released=bool(to_run))
 
 
 def context_of(services: Services, task_id: str) -> JobContext:
@@ -351,6 +355,7 @@ def _finish(
     """Record a stage's outcome and its last progress numbers in one fenced transaction.
 
     With ``following``, the same transaction starts that stage's run row; its id is returned.
+    The last stage's success ends the job: the same transaction gives the lease up.
     """
     with writer.services.db.session() as session:
         ctx.fence(session)
@@ -364,6 +369,8 @@ def _finish(
             error_message=error.message if error else None,
         )
         if following is None:
+            if error is None and ctx.owner is not None:
+                leases.release(session, ctx.task_id, ctx.owner)
             return None
         attempt = ctx.next_attempt(following)
         return repository.open_stage_run(session, ctx.task_id, following, attempt=attempt)

@@ -187,6 +187,40 @@ def set_property(session: Session, image_id: str, name: str, value: str) -> None
     session.flush()
 
 
+def set_properties(session: Session, image_id: str, values: Mapping[str, str]) -> None:
+    """Set several properties of the image at once (one flush).
+
+    Raises:
+        NotFound: if there is no image with this id.
+    """
+    image = get_image(session, image_id)
+    existing = {prop.name: prop for prop in image.properties}
+    for name, value in values.items():
+        if name in existing:
+            existing[name].value = value
+        else:
+            image.properties.append(ImageProperty(name=name, value=value))
+    image.updated_at = utcnow()
+    session.flush()
+
+
+def replace_locations(
+    session: Session, image_id: str, locations: Iterable[tuple[str, str, Mapping[str, Any]]]
+) -> None:
+    """Make ``locations`` (store id, URL, metadata) the image's only locations (one flush).
+
+    Raises:
+        NotFound: if there is no image with this id.
+    """
+    image = get_image(session, image_id)
+    image.locations = [
+        ImageLocation(store_id=store_id, url=url, meta_data=dict(metadata))
+        for store_id, url, metadata in locations
+    ]
+    image.updated_at = utcnow()
+    session.flush()
+
+
 def delete_property(session: Session, image_id: str, name: str) -> None:
     """Remove one extra property of an image; nothing happens if it is not set.
 
