@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from imageport.errors import NoSpace
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -93,3 +95,19 @@ def data_runs(view: memoryview, block: int = ZERO_BLOCK) -> Iterator[tuple[int, 
             start = pos
     if start is not None:
         yield start, len(view)
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd``; a full disk is NoSpace.
+
+    Raises:
+        NoSpace: the file system is full (or the quota used up).
+    """
+    written = 0
+    try:
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], offset + written)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace("staging ran out of space: free space there and retry") from exc
+        raise

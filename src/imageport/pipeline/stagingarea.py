@@ -24,7 +24,7 @@ from pathlib import Path
 import structlog
 
 from imageport.errors import PipelineError, SourceNotFound, StagingLost
-from imageport.pipeline.extents import data_runs, read_extents
+from imageport.pipeline.extents import data_runs, pwrite_all, read_extents
 from imageport.stores.base import Store
 
 log = structlog.get_logger(__name__)
@@ -92,14 +92,17 @@ class StagingArea:
         if self.remote is not None:
             self.remote.add(name, [data], size=len(data))
 
+    def exists(self, name: str) -> bool:
+        """Whether the remote object ``name`` exists (False when staging is local)."""
+        return self.remote is not None and self.remote.exists(self.remote.url_for(name))
+
     def fetch_bytes(self, name: str) -> bytes | None:
         """The small remote object ``name``, or None when staging is local or it is absent."""
         if self.remote is None:
             return None
-        url = self.remote.url_for(name)
-        if not self.remote.exists(url):
+        if not self.exists(name):
             return None
-        return b"".join(self.remote.read(url))
+        return b"".join(self.remote.read(self.remote.url_for(name)))
 
     def available(self, url: str | None, path: Path, size: int | None) -> bool:
         """Whether ``path`` holds ``size`` bytes here, or the remote object ``url`` exists."""
@@ -146,10 +149,7 @@ class StagingArea:
             for chunk in self.remote.read(url):
                 view = memoryview(chunk)
                 for start, end in data_runs(view):
-                    data = view[start:end]
-                    written = 0
-                    while written < len(data):
-                        written += os.pwrite(fd, data[written:], offset + start + written)
+                    pwrite_all(fd, view[start:end], offset + start)
                 offset += len(view)
                 tick()
         except SourceNotFound as exc:

@@ -46,7 +46,7 @@ def has_upload(settings: Settings, staging_area: StagingArea, image_id: str) -> 
     folder = upload_dir(settings, image_id)
     if (folder / SOURCE_NAME).is_file() and (folder / SCAN_NAME).is_file():
         return True
-    return staging_area.fetch_bytes(_remote_scan(image_id)) is not None
+    return staging_area.exists(_remote_scan(image_id))
 
 
 def receive(

@@ -47,7 +47,7 @@ def sweep_local(services: Services) -> list[str]:
             with services.db.session() as session:
                 image = session.get(Image, folder.name)
                 waiting = image is not None and image.status == ImageStatus.UPLOADING
-            if not waiting and services.staging.fetch_bytes(upload_names(folder.name)[1]) is None:
+            if not waiting and not services.staging.exists(upload_names(folder.name)[1]):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(str(folder))
     if removed:
