@@ -353,9 +353,16 @@ def test_metrics_and_health_endpoints(dist_env, db, workers, tmp_path):
     assert _get(f"{base}/readyz") == 200
     ids = _submit(dist_env, make_qcow2(tmp_path / "m.qcow2"))
     wait_for(lambda: _task(db, ids["task_id"])[0] == "success", 60, "the import")
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    assert 'imageport_imports_total{code="",outcome="success"} 1.0' in text
+
+    success = 'imageport_imports_total{code="",outcome="success"} 1.0'
+
+    def counted():
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return text if success in text else None
+
+    # The job counts itself just after its last record is committed: wait for the counter.
+    text = wait_for(counted, 10, "the success counter")
     assert "imageport_stage_duration_seconds_bucket" in text
     assert 'imageport_queue_depth{queue="imports"} 0.0' in text
     assert 'imageport_bytes_processed_total{stage="stage"}' in text
