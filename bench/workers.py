@@ -2,8 +2,9 @@
 """Worker benchmarks for the distributed mode, printing one JSON document on stdout.
 
 * throughput: tiny imports (1 MiB raw, no conversion) per second with 1 and 2 worker
-  processes (one job thread each), records created beforehand as the API would; target:
-  2 processes >= 1.8x one;
+  processes (one job thread each, default placement: 2 processes get a CPU share each), records
+  created beforehand as the API would; target: 2 processes >= 1.8x one. 2 processes started
+  with ``--no-pin-cpus`` are measured too, to show what the placement is worth;
 * pickup latency: enqueue to stage start on an idle worker, median; target < 100 ms;
 * per-job overhead: queue + records time of a tiny import (task created to task done, minus the
   time spent inside stages), median; target < 50 ms.
@@ -76,10 +77,12 @@ def vacuum(database_url: str) -> None:
         conn.execute("VACUUM (ANALYZE)")
 
 
-def start_workers(env: dict[str, str], processes: int, logfile: Path) -> subprocess.Popen[bytes]:
+def start_workers(
+    env: dict[str, str], processes: int, logfile: Path, *options: str
+) -> subprocess.Popen[bytes]:
     out = logfile.open("ab")
     return subprocess.Popen(
-        [str(ROOT / ".venv/bin/imageport"), "worker", "--processes", str(processes)],
+        [str(ROOT / ".venv/bin/imageport"), "worker", "--processes", str(processes), *options],
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -134,7 +137,7 @@ def warm_up(services: Services, actors, source: Path, processes: int) -> None:
         wait_done(services, ids, 60)
 
 
-def throughput(services, actors, env, source, processes, jobs, workdir) -> float:
+def throughput(services, actors, env, source, processes, jobs, workdir, *options) -> float:
     """Jobs per second of ``processes`` warm worker processes draining ``jobs`` tiny imports.
 
     The records are created before the clock starts: in production the API creates them, on
@@ -142,7 +145,7 @@ def throughput(services, actors, env, source, processes, jobs, workdir) -> float
     every job and the workers finishing them all; the bench polls every 100 ms so that its
     own polling takes next to nothing from the two cores the workers share.
     """
-    proc = start_workers(env, processes, workdir / f"workers-{processes}.log")
+    proc = start_workers(env, processes, workdir / f"workers-{processes}.log", *options)
     try:
         warm_up(services, actors, source, processes)
         ids = [record(services, source) for _ in range(jobs)]
@@ -189,7 +192,7 @@ def latency_and_overhead(services, actors, env, source, samples, workdir):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=200, help="tiny imports per throughput run")
-    p.add_argument("--runs", type=int, default=5, help="throughput runs per worker count")
+    p.add_argument("--runs", type=int, default=7, help="throughput runs per worker count")
     p.add_argument("--samples", type=int, default=15, help="latency samples")
     args = p.parse_args(argv)
     redis_url = os.environ.get("IMAGEPORT_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -219,12 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         services.db.upgrade()
         actors = declare_actors(build_broker(settings), lambda: services)
         try:
-            ones, twos = [], []
-            # Interleaved, so that drift (a growing database, other load) hits both alike.
+            ones, twos, unpinned = [], [], []
+            # Interleaved, so that drift (a growing database, other load) hits all alike.
             for run in range(args.runs):
-                log(f"throughput run {run + 1}/{args.runs}: 1 process, then 2")
+                log(f"throughput run {run + 1}/{args.runs}: 1 process, 2, 2 unpinned")
                 ones.append(throughput(services, actors, env, source, 1, args.jobs, workdir))
                 twos.append(throughput(services, actors, env, source, 2, args.jobs, workdir))
+                unpinned.append(
+                    throughput(
+                        services, actors, env, source, 2, args.jobs, workdir, "--no-pin-cpus"
+                    )
+                )
             log("pickup latency and per-job overhead")
             pickups, overheads = latency_and_overhead(
                 services, actors, env, source, args.samples, workdir
@@ -236,10 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "workers",
         "tiny_import": "1 MiB raw, no conversion, local file",
-        "jobs_per_second": {"1_process": round(one, 2), "2_processes": round(two, 2)},
+        "jobs_per_second": {
+            "1_process": round(one, 2),
+            "2_processes": round(two, 2),
+            "2_processes_unpinned": round(statistics.median(unpinned), 2),
+        },
         "runs": {
             "1_process": [round(r, 2) for r in ones],
             "2_processes": [round(r, 2) for r in twos],
+            "2_processes_unpinned": [round(r, 2) for r in unpinned],
         },
         # Each run pairs a 1-process and a 2-process batch back to back: the median of the
         # pairs' ratios is steadier than a ratio of medians on a shared, noisy machine.
@@ -247,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             statistics.median(t / o for o, t in zip(ones, twos, strict=True)), 3
         ),
         "scaling_target": 1.8,
+        "scaling_2_over_1_unpinned": round(
+            statistics.median(u / o for o, u in zip(ones, unpinned, strict=True)), 3
+        ),
         "pickup_latency_ms": {
             "median": round(statistics.median(pickups) * 1000, 1),
             "max": round(max(pickups) * 1000, 1),

@@ -129,7 +129,17 @@ def _assert_clean(env, images):
 
 
 def test_imports_run_on_worker_processes(dist_env, db, workers, tmp_path):
-    workers("--processes", "2")
+    worker = workers("--processes", "2")
+    whole = set(os.sched_getaffinity(0))
+    if len(whole) >= 2:
+        # Each process keeps to its own half of the CPUs (imageport.cpus); together, all.
+        wait_for(lambda: len(worker.process_cpus()) == 2, 30, "two worker processes")
+        wait_for(lambda: whole not in worker.process_cpus(), 30, "processes pinned")
+        first, second = worker.process_cpus()
+        assert first
+        assert second
+        assert not first & second
+        assert first | second == whole
     sources = [
         make_qcow2(tmp_path / f"d{i}.qcow2", virtual=(8 + 4 * i) * MIB, data=MIB, seed=i)
         for i in range(6)

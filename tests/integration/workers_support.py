@@ -43,6 +43,18 @@ class Worker:
         finally:
             self._out.close()
 
+    def process_cpus(self) -> list[set[int]]:
+        """The CPUs each worker process (not the supervisor's helpers) may run on."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        result = []
+        for pid in map(int, children.split()):
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    result.append(set(os.sched_getaffinity(pid)))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # exited meanwhile
+        return result
+
     def stop(self) -> None:
         """Clean up, whatever state the process is in."""
         if self.proc.poll() is None:

@@ -37,6 +37,13 @@ def worker_command(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics of all processes here.")
     ] = None,
+    pin_cpus: Annotated[
+        bool,
+        typer.Option(
+            help="Give each process its own share of the CPUs (when there are at least as "
+            "many CPUs as processes); qemu-img still runs on any CPU."
+        ),
+    ] = True,
 ) -> None:
     """Run worker processes that take import jobs from the broker (distributed mode)."""
     conf = settings()
@@ -55,6 +62,7 @@ def worker_command(
         threads=threads,
         queues=queues or [],
         metrics_port=metrics_port,
+        pin_cpus=pin_cpus,
     )
     raise typer.Exit(code)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imageport import cpus
 from imageport.errors import ConversionFailed, QemuTimeout
 
 #: qemu-img's names for formats whose Glance disk_format name differs.
@@ -83,14 +84,15 @@ def run_limited(args: Sequence[str], limits: Limits, progress: ProgressHook | No
         *args,
     ]
     env = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        process_group=0,  # its own group: a kill reaches everything qemu-img started
-    )
+    with cpus.anywhere():  # a pinned worker's qemu-img may still use every idle core
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            process_group=0,  # its own group: a kill reaches everything qemu-img started
+        )
     deadline = time.monotonic() + limits.timeout
     out = bytearray()
     err = bytearray()

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from imageport import cpus
 from imageport.config import Settings
 from imageport.health import readiness
 from imageport.workers.process import run_worker_process
@@ -30,7 +31,9 @@ log = structlog.get_logger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in every process
 
 
-def _child(threads: int, queues: Sequence[str]) -> None:
+def _child(threads: int, queues: Sequence[str], share: frozenset[int] | None) -> None:
+    if share is not None:
+        cpus.pin(share)  # before run_worker_process starts any thread: they inherit it
     raise SystemExit(run_worker_process(threads, queues))
 
 
@@ -41,16 +44,32 @@ def supervise(
     threads: int,
     queues: Sequence[str],
     metrics_port: int | None,
+    pin_cpus: bool = True,
 ) -> int:
-    """Run the worker processes until they exit; 0 when all of them stopped cleanly."""
+    """Run the worker processes until they exit; 0 when all of them stopped cleanly.
+
+    With ``pin_cpus``, each process keeps to its own share of this process's CPUs when there
+    are enough of them (see :mod:`imageport.cpus`).
+    """
     with tempfile.TemporaryDirectory(prefix="imageport-metrics-") as metrics_dir:
         if metrics_port is not None:
             # Must be in the environment before the children import prometheus_client.
             os.environ[MULTIPROC_ENV] = metrics_dir
             _serve_metrics(settings, metrics_port, Path(metrics_dir))
+        placement = cpus.shares(processes, os.sched_getaffinity(0)) if pin_cpus else None
+        log.info(
+            "starting workers",
+            processes=processes,
+            threads=threads,
+            cpus=[sorted(share) for share in placement] if placement else "any",
+        )
         ctx = multiprocessing.get_context("spawn")
         children = [
-            ctx.Process(target=_child, args=(threads, list(queues)), name=f"imageport-worker-{i}")
+            ctx.Process(
+                target=_child,
+                args=(threads, list(queues), placement[i] if placement else None),
+                name=f"imageport-worker-{i}",
+            )
             for i in range(processes)
         ]
         for child in children:
