@@ -3,9 +3,9 @@
 Why pin at all: a job is a chain of short hand-offs (worker → PostgreSQL → worker → qemu-img
 → worker), and the kernel places a woken task next to the one that woke it. Left alone, the
 chains of two busy worker processes keep landing on the same CPU while another sits idle:
-on 2 cores, 2 unpinned processes did 1.6-1.7x the jobs of one, pinned ones 1.9x
-(``bench/workers.py``). A process gets a share only when there are at least as many CPUs as
-processes, so no share is ever overbooked by this placement.
+on 2 cores, 2 unpinned processes did about 1.6x the tiny imports of one, pinned ones
+1.8-1.9x (``bench/workers.py``, which measures both). A process gets a share only when there
+are at least as many CPUs as processes, so no share is ever overbooked by this placement.
 
 qemu-img and other children are started with the whole CPU set again (:func:`anywhere`), so
 a conversion can still use every idle core.

@@ -1,7 +1,8 @@
 """The JSON schemas Glance serves under ``/v2/schemas`` (python-glanceclient builds on them).
 
 glanceclient validates and diffs images with the ``image`` schema (through warlock), so its
-property list, read-only markers and ``additionalProperties`` follow Glance's.
+property list, read-only markers and ``additionalProperties`` follow Glance's. As in Glance, the
+``tasks`` collection lists task stubs: the ``task`` properties less the details a list leaves out.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from imageport.config import CONTAINER_FORMATS, DISK_FORMATS
 from imageport.records import ImageStatus, MemberStatus, TaskStatus, Visibility
+from imageport.records.serialize import TASK_DETAIL_FIELDS
 
 _NULLABLE_STR: dict[str, Any] = {"type": ["null", "string"]}
 _TIME: dict[str, Any] = {"type": "string", "readOnly": True}
@@ -136,6 +138,13 @@ def task_schema() -> dict[str, Any]:
     }
 
 
+def task_stub_schema() -> dict[str, Any]:
+    """The ``task`` schema of a ``GET /v2/tasks`` entry: the task less its details."""
+    task = task_schema()
+    shown = {k: v for k, v in task["properties"].items() if k not in TASK_DETAIL_FIELDS}
+    return {**task, "properties": shown}
+
+
 def all_schemas() -> dict[str, dict[str, Any]]:
     """Every schema by the name it is served under."""
     image, member, task = image_schema(), member_schema(), task_schema()
@@ -145,5 +154,5 @@ def all_schemas() -> dict[str, dict[str, Any]]:
         "member": member,
         "members": _collection("members", member),
         "task": task,
-        "tasks": _collection("tasks", task),
+        "tasks": _collection("tasks", task_stub_schema()),
     }

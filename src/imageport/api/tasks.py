@@ -1,25 +1,77 @@
-"""Tasks: ``GET /v2/images/{id}/tasks`` and ``GET /v2/tasks/{id}``.
+"""Tasks: ``GET /v2/tasks``, ``GET /v2/tasks/{id}`` and ``GET /v2/images/{id}/tasks``.
 
 Glance's task fields, plus imageport's documented extras: ``error_code`` (the stable code of
 the failure), ``attempts`` (deliveries so far) and ``stages`` — one entry per stage and
 attempt with ``stage``, ``status``, ``attempt``, ``started_at``, ``finished_at``,
 ``bytes_done``, ``bytes_total``, ``error_code``, ``error_message`` and ``output`` — which is
 the per-stage progress of a running import.
+
+An administrator sees every task; anyone else only the tasks their project owns.
+``GET /v2/tasks`` lists Glance's task stubs (no ``input``, ``result``, ``message``, nor
+imageport's ``attempts`` and ``stages``; with ``image_id`` and ``error_code``), filtered by
+``status`` and ``type``, sorted by ``sort_key`` (``created_at`` by default, ``updated_at``,
+``status``, ``type``, ``id``) and ``sort_dir`` (``desc`` by default; ``id`` breaks ties), and
+paged by ``limit`` and ``marker`` as the image list is: keyset paging in SQL, so pages stay
+consistent while tasks are added.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
+from sqlalchemy.orm import Session
 
 from imageport.api import access
-from imageport.api.auth import Caller
+from imageport.api.auth import Caller, Identity
 from imageport.api.deps import Ctx
-from imageport.api.errors import ApiError
+from imageport.api.errors import ApiError, bad_request
+from imageport.api.listing import DEFAULT_LIMIT, MAX_LIMIT, Opt
 from imageport.records import Task, repository, task_to_dict
+from imageport.records.serialize import task_stub_to_dict
 
 router = APIRouter(tags=["tasks"])
+
+
+@router.get("/v2/tasks")
+def list_tasks(
+    request: Request,
+    ctx: Ctx,
+    who: Caller,
+    limit: Annotated[int | None, Query(ge=0)] = None,
+    marker: Opt = None,
+    sort_key: Annotated[str, Query()] = "created_at",
+    sort_dir: Annotated[str, Query()] = "desc",
+    status: Opt = None,
+    task_type: Annotated[str | None, Query(alias="type")] = None,
+) -> dict[str, Any]:
+    """List the tasks the caller may see, filtered, sorted and paged as in Glance."""
+    if sort_dir not in ("asc", "desc"):
+        raise bad_request(f"sort direction {sort_dir!r} is neither asc nor desc")
+    page_size = min(DEFAULT_LIMIT if limit is None else limit, MAX_LIMIT)
+    with ctx.services.db.session() as session:
+        tasks = repository.list_tasks(
+            session,
+            owners=_owners(who),
+            status=status,
+            task_type=task_type,
+            sort_key=sort_key,
+            ascending=sort_dir == "asc",
+            after=None if marker is None else _marker(session, marker, who),
+            limit=page_size + 1,  # one more row than a page tells whether there is a next one
+        )
+        stubs = [task_stub_to_dict(task) for task in tasks[:page_size]]
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "marker"]
+    body: dict[str, Any] = {
+        "tasks": stubs,
+        "first": "/v2/tasks" + (f"?{urlencode(params)}" if params else ""),
+        "schema": "/v2/schemas/tasks",
+    }
+    if len(tasks) > page_size and stubs:
+        body["next"] = "/v2/tasks?" + urlencode([("marker", stubs[-1]["id"]), *params])
+    return body
 
 
 @router.get("/v2/images/{image_id}/tasks")
@@ -37,7 +89,38 @@ def image_tasks(image_id: str, ctx: Ctx, who: Caller) -> dict[str, Any]:
 def show_task(task_id: str, ctx: Ctx, who: Caller) -> dict[str, Any]:
     """One task (its owner or an administrator)."""
     with ctx.services.db.session() as session:
-        task = session.get(Task, task_id)
-        if task is None or not (who.is_admin or (who.project_id and task.owner == who.project_id)):
+        task = _visible_task(session, task_id, who)
+        if task is None:
             raise ApiError(404, f"no task found with id {task_id}")
         return task_to_dict(task, repository.stage_runs(session, task.id))
+
+
+def _owners(who: Identity) -> list[str] | None:
+    """Whose tasks ``who`` sees: everyone's (None) for an administrator, else its project's."""
+    if who.is_admin:
+        return None
+    return [who.project_id] if who.project_id else []
+
+
+def _visible_task(session: Session, task_id: str, who: Identity) -> Task | None:
+    """The task, if ``who`` may see it (the rule of ``_owners``, which the list applies in SQL)."""
+    task, owners = session.get(Task, task_id), _owners(who)
+    if task is None or (owners is not None and task.owner not in owners):
+        return None
+    return task
+
+
+def _marker(session: Session, marker: str, who: Identity) -> Task:
+    """The marker task of a page.
+
+    Raises:
+        ApiError: 400 when it is not a task id, or names no task the caller may see.
+    """
+    try:
+        uuid.UUID(marker)  # as in Glance; also keeps odd bytes (NUL) away from the database
+    except ValueError:
+        raise bad_request(f"marker {marker!r} is not a task id") from None
+    task = _visible_task(session, marker, who)
+    if task is None:
+        raise bad_request(f"marker {marker} is not a task you can see")
+    return task

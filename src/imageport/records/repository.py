@@ -9,9 +9,10 @@ illegal transition is an error before anything is written.
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import CursorResult, and_, func, insert, or_, select, update
 
 from imageport.errors import InvalidRequest, NotFound, StateConflict
 from imageport.records.base import utcnow
@@ -33,10 +34,11 @@ from imageport.records.states import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping
     from datetime import datetime
     from enum import StrEnum
 
+    from sqlalchemy import ColumnElement
     from sqlalchemy.orm import Session
     from sqlalchemy.sql.dml import Update
 
@@ -304,20 +306,67 @@ def get_task(session: Session, task_id: str) -> Task:
     return task
 
 
+#: What ``list_tasks`` sorts by (Glance's task sort keys); ``id`` always breaks ties.
+TASK_SORT_KEYS = ("created_at", "updated_at", "status", "type", "id")
+
+
 def list_tasks(
-    session: Session, *, status: str | None = None, image_id: str | None = None
+    session: Session,
+    *,
+    status: str | None = None,
+    image_id: str | None = None,
+    owners: Collection[str] | None = None,
+    task_type: str | None = None,
+    sort_key: str = "created_at",
+    ascending: bool = False,
+    after: Task | None = None,
+    limit: int | None = None,
 ) -> list[Task]:
-    """Return the tasks, newest first, optionally filtered by status and image.
+    """Return the tasks, newest first unless told otherwise; filtering and paging are SQL.
+
+    Args:
+        session: the session.
+        status: only tasks in this status.
+        image_id: only the tasks of this image.
+        owners: only tasks owned by one of these projects (None: any owner; empty: none).
+        task_type: only tasks of this type.
+        sort_key: one of ``TASK_SORT_KEYS``; ``id`` breaks ties, in the same direction.
+        ascending: sort ascending instead of descending.
+        after: keyset paging: only the tasks that come strictly after this one in that order,
+            so a page stays the same while tasks are added.
+        limit: at most this many tasks (None: all).
 
     Raises:
-        InvalidRequest: if ``status`` is not a task status.
+        InvalidRequest: if ``status`` is not a task status or ``sort_key`` not a sort key.
     """
-    query = select(Task).order_by(Task.created_at.desc(), Task.id)
+    if sort_key not in TASK_SORT_KEYS:
+        raise InvalidRequest(
+            f"cannot sort tasks by {sort_key!r}; sort keys: {', '.join(TASK_SORT_KEYS)}"
+        )
+    column = getattr(Task, sort_key)
+    keys = [column] if sort_key == "id" else [column, Task.id]
+    query = select(Task).order_by(*(key.asc() if ascending else key.desc() for key in keys))
     if status is not None:
         query = query.where(Task.status == _status_filter(TaskStatus, status))
     if image_id is not None:
         query = query.where(Task.image_id == image_id)
-    return list(session.scalars(query))
+    if owners is not None:
+        query = query.where(Task.owner.in_(list(owners)))
+    if task_type is not None:
+        query = query.where(Task.type == task_type)
+    if after is not None:
+        query = query.where(_beyond(sort_key, after, ascending=ascending))
+    return list(session.scalars(query.limit(limit)))
+
+
+def _beyond(sort_key: str, marker: Task, *, ascending: bool) -> ColumnElement[bool]:
+    """Tasks strictly after ``marker`` when sorted by ``sort_key`` and then ``id``."""
+    past: Callable[[Any, Any], ColumnElement[bool]] = operator.gt if ascending else operator.lt
+    after_id = past(Task.id, marker.id)
+    if sort_key == "id":
+        return after_id
+    column, value = getattr(Task, sort_key), getattr(marker, sort_key)
+    return or_(past(column, value), and_(column == value, after_id))
 
 
 def set_task_status(

@@ -88,20 +88,21 @@ def stage_run_to_dict(run: StageRun) -> dict[str, Any]:
     }
 
 
-def task_to_dict(task: Task, runs: Sequence[StageRun] = ()) -> dict[str, Any]:
-    """Return the Image API v2 JSON of a task, plus imageport's error code, attempts and stages.
+#: What ``task_to_dict`` adds to the stub: Glance's task details (``input``, ``result``,
+#: ``message``) and imageport's ``attempts`` and ``stages``. A task list leaves them out.
+TASK_DETAIL_FIELDS = ("input", "result", "message", "attempts", "stages")
 
-    Args:
-        task: the task.
-        runs: its stage runs, in the order to show them (e.g. ``repository.stage_runs``).
+
+def task_stub_to_dict(task: Task) -> dict[str, Any]:
+    """Return a task as ``GET /v2/tasks`` lists it: Glance's task stub, plus imageport's extras.
+
+    The stub is the task without its details (see ``TASK_DETAIL_FIELDS``); imageport adds
+    ``image_id`` and ``error_code``.
     """
     return {
         "id": task.id,
         "type": task.type,
         "status": str(task.status),
-        "input": task.input,
-        "result": task.result,
-        "message": task.message,
         "owner": task.owner,
         "image_id": task.image_id,
         "expires_at": isotime(task.expires_at),
@@ -110,6 +111,21 @@ def task_to_dict(task: Task, runs: Sequence[StageRun] = ()) -> dict[str, Any]:
         "self": f"/v2/tasks/{task.id}",
         "schema": TASK_SCHEMA,
         "error_code": task.error_code,
+    }
+
+
+def task_to_dict(task: Task, runs: Sequence[StageRun] = ()) -> dict[str, Any]:
+    """Return the Image API v2 JSON of a task, plus imageport's error code, attempts and stages.
+
+    Args:
+        task: the task.
+        runs: its stage runs, in the order to show them (e.g. ``repository.stage_runs``).
+    """
+    return {
+        **task_stub_to_dict(task),
+        "input": task.input,
+        "result": task.result,
+        "message": task.message,
         "attempts": task.attempts,
         "stages": [stage_run_to_dict(run) for run in runs],
     }
