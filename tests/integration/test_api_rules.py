@@ -138,6 +138,30 @@ def test_upload_over_the_cap_is_413(http):
     assert http.get(f"/v2/images/{image['id']}").json()["status"] == "queued"
 
 
+def test_put_file_shows_saving_until_active_and_queued_after_a_refusal(http, server):
+    image = http.post("/v2/images", json={"disk_format": "raw", "container_format": "bare"}).json()
+    url = f"/v2/images/{image['id']}"
+    seen = []
+
+    def body():
+        yield DATA[:65536]
+        # Mid-upload, as another client sees it: Glance's "saving", not "uploading".
+        with httpx.Client(base_url=server.url, timeout=60) as other:
+            seen.append(other.get(url).json()["status"])
+        yield DATA[65536:]
+
+    assert http.put(f"{url}/file", content=body()).status_code == 204
+    assert seen == ["saving"]
+    active = http.get(url).json()
+    assert active["status"] == "active"
+    assert active["checksum"] == hashlib.md5(DATA, usedforsecurity=False).hexdigest()
+    # A refused PUT /file puts the image back to queued, ready for another try.
+    again = http.post("/v2/images", json={"disk_format": "raw", "container_format": "bare"})
+    big = http.put(f"/v2/images/{again.json()['id']}/file", content=b"\1" * (5 * 1024 * 1024))
+    assert big.status_code == 413
+    assert http.get(f"/v2/images/{again.json()['id']}").json()["status"] == "queued"
+
+
 def test_download_ranges(http):
     image_id = _active(http)
     full = http.get(f"/v2/images/{image_id}/file")
@@ -210,3 +234,29 @@ def test_static_token_and_postgresql(tmp_path, postgres_url):
         active = wait_status(client, image["id"], "active")
         assert active["checksum"] == hashlib.md5(DATA, usedforsecurity=False).hexdigest()
         assert client.get(f"/v2/images/{image['id']}/file").content == DATA
+        _assert_nul_refused(client, postgresql=True)
+
+
+def _assert_nul_refused(client, *, postgresql=False):
+    """A NUL character is a 400 with a stable code on every route, never a database crash."""
+    for url in (
+        "/v2/images/%00abc",
+        "/v2/images?name=a%00b",
+        "/v2/tasks?type=%00",
+        "/v2/tasks/%00",
+    ):
+        answer = client.get(url)
+        assert answer.status_code == 400, (url, answer.text)
+        assert answer.json()["error_code"] == "invalid_request"
+        assert "NUL" in answer.json()["message"]
+    # In a JSON body it reaches the database, which refuses it: still the client's error.
+    answer = client.post("/v2/images", json={"name": "a\u0000b", "disk_format": "raw"})
+    if postgresql:
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error_code"] == "invalid_value"
+    else:
+        assert answer.status_code == 201, answer.text  # SQLite stores it
+
+
+def test_nul_characters_are_refused(http):
+    _assert_nul_refused(http)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from imageport.api import data, discovery, errors, images, imports, listing, members, tasks
 from imageport.api.deps import ApiContext
@@ -55,6 +55,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         version=API_VERSION,
         description="OpenStack Image API v2 (Glance compatible) served by imageport.",
         lifespan=lifespan,
+        dependencies=[Depends(errors.refuse_nul)],
         docs_url=None,  # no HTML pages; the OpenAPI document is at /openapi.json
         redoc_url=None,
     )

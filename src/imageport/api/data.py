@@ -3,7 +3,9 @@
 Uploads stream through :func:`imageport.pipeline.uploads.receive` (one scanning pass into the
 staging area) in a worker thread; downloads stream from the store. Neither holds more than a
 chunk in memory. ``PUT /file`` goes through the same pipeline as an import (a glance-direct
-task) and answers once the image is active, as Glance's synchronous upload does.
+task) and answers once the image is active, as Glance's synchronous upload does; the image
+shows ``saving`` all along (``queued → saving → active``, or back to ``queued`` on failure), as
+in Glance, where ``PUT /stage`` shows ``uploading`` and ``POST /import`` ``importing``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from imageport.pipeline import uploads
 from imageport.pipeline.image_import import import_existing
 from imageport.pipeline.request import ImportRequest
 from imageport.records import Image, ImageStatus, TaskStatus, repository
+from imageport.records.states import RECEIVING
 
 router = APIRouter(prefix="/v2/images", tags=["data"])
 
@@ -41,7 +44,9 @@ _OCTETS = {
 @router.put("/{image_id}/stage", status_code=204, openapi_extra={"requestBody": _OCTETS})
 async def stage_data(image_id: str, request: Request, ctx: Ctx, who: Caller) -> Response:
     """Stage the image's data for a later glance-direct import (queued → uploading)."""
-    await anyio.to_thread.run_sync(partial(_begin_upload, ctx, image_id, who, formats=False))
+    await anyio.to_thread.run_sync(
+        partial(_begin_upload, ctx, image_id, who, status=ImageStatus.UPLOADING)
+    )
     await _receive(ctx, image_id, request)
     return Response(status_code=204)
 
@@ -49,14 +54,21 @@ async def stage_data(image_id: str, request: Request, ctx: Ctx, who: Caller) -> 
 @router.put("/{image_id}/file", status_code=204, openapi_extra={"requestBody": _OCTETS})
 async def upload_data(image_id: str, request: Request, ctx: Ctx, who: Caller) -> Response:
     """Upload the image's data and import it at once (answers when the image is active)."""
-    image = await anyio.to_thread.run_sync(partial(_begin_upload, ctx, image_id, who, formats=True))
+    image = await anyio.to_thread.run_sync(
+        partial(_begin_upload, ctx, image_id, who, status=ImageStatus.SAVING)
+    )
     await _receive(ctx, image_id, request)
     store = request.headers.get("X-Image-Meta-Store")
     await anyio.to_thread.run_sync(_import_upload, ctx, image, store)
     return Response(status_code=204)
 
 
-def _begin_upload(ctx: ApiContext, image_id: str, who: Identity, *, formats: bool) -> Image:
+def _begin_upload(ctx: ApiContext, image_id: str, who: Identity, *, status: ImageStatus) -> Image:
+    """Move a queued image to ``status``, as Glance does.
+
+    ``uploading`` for ``PUT /stage``; ``saving`` for ``PUT /file``, which also needs the
+    formats set first.
+    """
     with ctx.services.db.session() as session:
         image = access.owned_image(session, image_id, who)
         if image.status != ImageStatus.QUEUED:
@@ -65,11 +77,9 @@ def _begin_upload(ctx: ApiContext, image_id: str, who: Identity, *, formats: boo
                 "while it is queued",
                 code="image_not_queued",
             )
-        if formats and not (image.disk_format and image.container_format):
+        if status == ImageStatus.SAVING and not (image.disk_format and image.container_format):
             raise bad_request("set disk_format and container_format before uploading data")
-        repository.set_image_status(
-            session, image_id, expected=ImageStatus.QUEUED, new=ImageStatus.UPLOADING
-        )
+        repository.set_image_status(session, image_id, expected=ImageStatus.QUEUED, new=status)
         return image
 
 
@@ -104,9 +114,9 @@ def _disk_format(ctx: ApiContext, image_id: str) -> str | None:
 def _back_to_queued(ctx: ApiContext, image_id: str) -> None:
     with ctx.services.db.session() as session:
         image = session.get(Image, image_id)
-        if image is not None and image.status == ImageStatus.UPLOADING:
+        if image is not None and image.status in RECEIVING:
             repository.set_image_status(
-                session, image_id, expected=ImageStatus.UPLOADING, new=ImageStatus.QUEUED
+                session, image_id, expected=RECEIVING, new=ImageStatus.QUEUED
             )
 
 
@@ -120,7 +130,13 @@ def _import_upload(ctx: ApiContext, image: Image, store: str | None) -> None:
         stores=(store,) if store else (),
     )
     try:
-        submitted = import_existing(ctx.services, image.id, request, expected=ImageStatus.UPLOADING)
+        submitted = import_existing(
+            ctx.services,
+            image.id,
+            request,
+            expected=ImageStatus.SAVING,
+            status=ImageStatus.SAVING,
+        )
     except PipelineError:
         uploads.discard(ctx.settings, ctx.services.staging, image.id)
         _back_to_queued(ctx, image.id)

@@ -13,6 +13,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imageport.errors import (
@@ -83,6 +84,20 @@ def bad_request(message: str, code: str = "invalid_request") -> ApiError:
     return ApiError(400, message, code=code)
 
 
+def refuse_nul(request: Request) -> None:
+    """Answer 400 to a NUL character anywhere in the path or the query string.
+
+    No id, name or filter value holds one, and PostgreSQL refuses it outright; refusing it here
+    gives one clear answer on every route and every database.
+
+    Raises:
+        ApiError: 400 ``invalid_request``.
+    """
+    query = request.query_params.multi_items()
+    if "\x00" in request.scope["path"] or any("\x00" in k + v for k, v in query):
+        raise bad_request("the URL holds a NUL character (%00); remove it and send it again")
+
+
 def status_of(exc: PipelineError) -> int:
     """The HTTP status an imageport error maps to."""
     return next((status for kind, status in STATUS_OF if isinstance(exc, kind)), 500)
@@ -122,6 +137,18 @@ def install(app: FastAPI) -> None:
             exc.status_code, str(exc.detail), _default_code(exc.status_code), headers
         )
 
+    async def on_data_error(_request: Request, exc: Exception) -> JSONResponse:
+        # The database refused a value the request carried (a NUL character in a JSON string,
+        # a number beyond BIGINT): bad input, answered as such instead of as a crash.
+        assert isinstance(exc, DataError)  # noqa: S101 - registered for DataError only
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else "value out of range"
+        return error_response(
+            400,
+            f"a value in this request cannot be stored or compared ({detail}); "
+            "correct it and send the request again",
+            "invalid_value",
+        )
+
     async def on_crash(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("request crashed", error=repr(exc))
         return error_response(500, f"internal error: {exc!r}", "internal_error")
@@ -130,4 +157,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(PipelineError, on_pipeline_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(DataError, on_data_error)
     app.add_exception_handler(Exception, on_crash)

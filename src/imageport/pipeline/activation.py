@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from imageport.pipeline.context import JobContext, Services
 from imageport.records import ImageStatus, TaskStatus, repository
+from imageport.records.states import IN_FLIGHT
 
 NAME = "activate"
 
@@ -44,7 +45,7 @@ def run(ctx: JobContext, services: Services) -> dict[str, Any]:
         repository.set_image_status(
             session,
             ctx.image_id,
-            expected=ImageStatus.IMPORTING,
+            expected=IN_FLIGHT,
             new=ImageStatus.ACTIVE,
             checksum=copied["md5"],
             os_hash_algo=copied["hash_algo"],

@@ -8,7 +8,7 @@ so two concurrent import calls cannot both start.
 
 from __future__ import annotations
 
-from imageport.errors import InvalidRequest
+from imageport.errors import InvalidRequest, StateConflict
 from imageport.pipeline.activation import FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO_STORES
 from imageport.pipeline.context import Services
 from imageport.pipeline.request import ImportRequest
@@ -35,9 +35,17 @@ def check_stores(services: Services, stores: tuple[str, ...]) -> list[str]:
 
 
 def import_existing(
-    services: Services, image_id: str, request: ImportRequest, *, expected: ImageStatus
+    services: Services,
+    image_id: str,
+    request: ImportRequest,
+    *,
+    expected: ImageStatus,
+    status: ImageStatus = ImageStatus.IMPORTING,
 ) -> Submitted:
-    """Record a pending import task for ``image_id`` and move the image to ``importing``.
+    """Record a pending import task for ``image_id`` and move the image to ``status``.
+
+    ``status`` is ``importing`` for an import; a ``PUT /file`` upload keeps its image
+    ``saving`` (``expected`` and ``status`` both), as Glance shows it until it is active.
 
     Raises:
         InvalidRequest: unknown or read-only store.
@@ -53,7 +61,10 @@ def import_existing(
             input={"image_id": image_id, "request": request.model_dump(mode="json")},
             owner=image.owner,
         )
-        repository.set_image_status(session, image_id, expected=expected, new=ImageStatus.IMPORTING)
+        if status != expected:
+            repository.set_image_status(session, image_id, expected=expected, new=status)
+        elif image.status != expected:
+            raise StateConflict(f"image {image_id} is {image.status}, no longer {expected}")
         repository.set_property(session, image_id, IMPORT_TASK, task.id)
         repository.set_property(session, image_id, IMPORTING_TO_STORES, ",".join(stores))
         repository.set_property(session, image_id, FAILED_IMPORT, "")

@@ -45,6 +45,7 @@ from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.heartbeat import Heartbeat
 from imageport.pipeline.request import ImportRequest
 from imageport.records import ImageStatus, StageStatus, TaskStatus, leases, repository
+from imageport.records.states import IN_FLIGHT
 from imageport.workers import metrics
 
 log = structlog.get_logger(__name__)
@@ -508,9 +509,9 @@ def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineEr
         if copied and (copy_job or image.status != ImageStatus.ACTIVE):
             for loc in copied["locations"]:
                 _best_effort(services.stores[loc["store_id"]].delete, loc["url"])
-        if image.status == ImageStatus.IMPORTING:
+        if image.status in IN_FLIGHT:
             repository.set_image_status(
-                session, ctx.image_id, expected=ImageStatus.IMPORTING, new=ImageStatus.QUEUED
+                session, ctx.image_id, expected=IN_FLIGHT, new=ImageStatus.QUEUED
             )
         properties = {p.name: p.value for p in image.properties}
         if copy_job:  # Glance keeps earlier failures of other stores

@@ -73,6 +73,12 @@ def _edges(table: dict[StrEnum, set[StrEnum]]) -> Edges:
 
 
 _I = ImageStatus
+#: The statuses of an image whose data an import job is working on: ``importing`` for an
+#: import (``POST /import``), ``saving`` for a classic ``PUT /file`` upload, as in Glance.
+IN_FLIGHT = (ImageStatus.IMPORTING, ImageStatus.SAVING)
+#: The statuses of an image whose uploaded bytes wait in the staging area for their job:
+#: ``uploading`` (``PUT /stage``, until ``POST /import``) and ``saving`` (``PUT /file``).
+RECEIVING = (ImageStatus.UPLOADING, ImageStatus.SAVING)
 #: Glance's image state machine (glance/domain/__init__.py).
 IMAGE_TRANSITIONS: Edges = _edges(
     {

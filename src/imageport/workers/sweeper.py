@@ -23,7 +23,8 @@ import structlog
 from imageport.pipeline.context import Services
 from imageport.pipeline.stagingarea import upload_names
 from imageport.pipeline.uploads import UPLOADS
-from imageport.records import Image, ImageStatus, Task, TaskStatus
+from imageport.records import Image, Task, TaskStatus
+from imageport.records.states import RECEIVING
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +47,8 @@ def sweep_local(services: Services) -> list[str]:
         for folder in _id_dirs(settings.resolved_staging_dir / UPLOADS):
             with services.db.session() as session:
                 image = session.get(Image, folder.name)
-                waiting = image is not None and image.status == ImageStatus.UPLOADING
+                # Staged by PUT /stage (uploading) or being saved by PUT /file (saving).
+                waiting = image is not None and image.status in RECEIVING
             if not waiting and not services.staging.exists(upload_names(folder.name)[1]):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(str(folder))
