@@ -260,3 +260,25 @@ def _assert_nul_refused(client, *, postgresql=False):
 
 def test_nul_characters_are_refused(http):
     _assert_nul_refused(http)
+
+
+def test_image_list_pages_follow_a_multi_key_sort(http):
+    tag = uuid.uuid4().hex
+    names = ["b", "a", "b", None, "a", "c", "b"]  # ties and a NULL name: id must break them
+    made = [
+        http.post("/v2/images", json={"tags": [tag], **({"name": n} if n else {})}).json()
+        for n in names
+    ]
+    for sort in ("name:asc,min_disk:desc", "name:desc"):
+        url, seen = f"/v2/images?tag={tag}&sort={sort}&limit=3", []
+        while url:
+            page = http.get(url).json()
+            seen += page["images"]
+            url = page.get("next")
+        everything = http.get(f"/v2/images?tag={tag}&sort={sort}&limit=100").json()["images"]
+        assert [i["id"] for i in seen] == [i["id"] for i in everything]
+        assert sorted(i["id"] for i in seen) == sorted(i["id"] for i in made)
+        keyed = [(i["name"] or "", i["id"]) for i in seen]
+        # id breaks ties in the direction of the last key: descending in both sorts here.
+        by_id = sorted(keyed, key=lambda k: k[1], reverse=True)
+        assert keyed == sorted(by_id, key=lambda k: k[0], reverse=sort == "name:desc")

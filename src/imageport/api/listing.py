@@ -25,6 +25,7 @@ from imageport.api.auth import Caller, Identity
 from imageport.api.deps import Ctx, image_view
 from imageport.api.errors import bad_request
 from imageport.records import Image, ImageMember, ImageProperty, ImageStatus, ImageTag
+from imageport.records.paging import rows_after
 
 router = APIRouter(tags=["images"])
 
@@ -246,12 +247,7 @@ def _marker(session: Any, marker: str, who: Identity) -> Image:  # noqa: ANN401
 
 def _after(marker: Image, keys: list[tuple[str, bool]]) -> ColumnElement[bool]:
     """Rows strictly after the marker in the sort order (keyset paging)."""
-    clauses = []
-    for index, (key, asc) in enumerate(keys):
-        equal = [_sort_expr(k) == _value(marker, k) for k, _ in keys[:index]]
-        expr, value = _sort_expr(key), _value(marker, key)
-        clauses.append(and_(*equal, expr > value if asc else expr < value))
-    return or_(*clauses)
+    return rows_after([(_sort_expr(key), _value(marker, key), asc) for key, asc in keys])
 
 
 def _value(image: Image, key: str) -> Any:  # noqa: ANN401 - the column's Python value

@@ -9,10 +9,9 @@ illegal transition is an error before anything is written.
 
 from __future__ import annotations
 
-import operator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, and_, func, insert, or_, select, update
+from sqlalchemy import CursorResult, func, insert, select, update
 
 from imageport.errors import InvalidRequest, NotFound, StateConflict
 from imageport.records.base import utcnow
@@ -25,6 +24,7 @@ from imageport.records.models import (
     StageRun,
     Task,
 )
+from imageport.records.paging import rows_after
 from imageport.records.states import (
     ImageStatus,
     StageStatus,
@@ -34,11 +34,10 @@ from imageport.records.states import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping
+    from collections.abc import Collection, Iterable, Mapping
     from datetime import datetime
     from enum import StrEnum
 
-    from sqlalchemy import ColumnElement
     from sqlalchemy.orm import Session
     from sqlalchemy.sql.dml import Update
 
@@ -355,18 +354,8 @@ def list_tasks(
     if task_type is not None:
         query = query.where(Task.type == task_type)
     if after is not None:
-        query = query.where(_beyond(sort_key, after, ascending=ascending))
+        query = query.where(rows_after([(key, getattr(after, key.key), ascending) for key in keys]))
     return list(session.scalars(query.limit(limit)))
-
-
-def _beyond(sort_key: str, marker: Task, *, ascending: bool) -> ColumnElement[bool]:
-    """Tasks strictly after ``marker`` when sorted by ``sort_key`` and then ``id``."""
-    past: Callable[[Any, Any], ColumnElement[bool]] = operator.gt if ascending else operator.lt
-    after_id = past(Task.id, marker.id)
-    if sort_key == "id":
-        return after_id
-    column, value = getattr(Task, sort_key), getattr(marker, sort_key)
-    return or_(past(column, value), and_(column == value, after_id))
 
 
 def set_task_status(
