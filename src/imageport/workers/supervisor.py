@@ -56,7 +56,9 @@ def supervise(
             # Must be in the environment before the children import prometheus_client.
             os.environ[MULTIPROC_ENV] = metrics_dir
             _serve_metrics(settings, metrics_port, Path(metrics_dir))
-        placement = cpus.shares(processes, os.sched_getaffinity(0)) if pin_cpus else None
+        # sched_setaffinity is Linux's; elsewhere the kernel places the processes.
+        pinnable = pin_cpus and hasattr(os, "sched_setaffinity")
+        placement = cpus.shares(processes, os.sched_getaffinity(0)) if pinnable else None
         log.info(
             "starting workers",
             processes=processes,
