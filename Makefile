@@ -41,8 +41,8 @@ lint:
 	scripts/lint.sh
 
 bench:
-	scripts/bootstrap.sh --test
-	$(PY) bench/run.py $(BENCH_ARGS)
+	@scripts/bootstrap.sh --test >&2  # stdout carries only the JSON document
+	@$(PY) bench/run.py $(BENCH_ARGS)
 
 demo-distributed:
 	scripts/bootstrap.sh --test

@@ -24,6 +24,13 @@ BENCHMARKS = {
 def main(argv: list[str]) -> int:
     """Run the benchmarks named in argv (all by default)."""
     names = argv or list(BENCHMARKS)
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        print(
+            f"bench: unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
+        return 2
     results = {}
     for name in names:
         proc = subprocess.run(
