@@ -16,11 +16,11 @@ from imageport.errors import PipelineError, StoreCopyFailed
 from imageport.pipeline import conversion
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.extents import read_extents
-from imageport.pipeline.fanout import FanOutResult, fan_out
+from imageport.pipeline.fanout import FanOutResult, fan_out_to_stores
 from imageport.pipeline.hashing import Digests
 from imageport.pipeline.staging import staged_path
 from imageport.pipeline.stagingarea import Tick
-from imageport.stores import FileStore, Store, StoredObject, StoreWriter
+from imageport.stores import FileStore, Store, StoredObject
 
 NAME = "copy"
 
@@ -101,29 +101,15 @@ def _fan_out(
     ctx: JobContext, source: Path, stores: list[Store], *, hash_algo: str | None
 ) -> FanOutResult:
     """One read of ``source`` (holes skipped), written to every store in its own thread."""
-    size = source.stat().st_size
-    writers: dict[str, StoreWriter] = {}
-    failed: dict[str, PipelineError] = {}
-    try:
-        for store in stores:
-            try:
-                writers[store.store_id] = store.begin_write(ctx.image_id, size=size)
-            except PipelineError as exc:
-                failed[store.store_id] = exc
-        result = fan_out(
-            read_extents(source, bytearray(ctx.settings.chunk_size)),
-            writers,
-            chunk_size=ctx.settings.chunk_size,
-            hash_algo=hash_algo,
-            total=size,
-            progress=ctx.progress,
-        )
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()  # fan_out aborts the writers it took; this covers a failed start
-        raise
-    result.failed.update(failed)
-    return result
+    return fan_out_to_stores(
+        read_extents(source, bytearray(ctx.settings.chunk_size)),
+        stores,
+        ctx.image_id,
+        size=source.stat().st_size,
+        chunk_size=ctx.settings.chunk_size,
+        hash_algo=hash_algo,
+        progress=ctx.progress,
+    )
 
 
 def settle_failures(

@@ -18,7 +18,7 @@ from imageport.errors import PipelineError
 from imageport.pipeline.context import Progress
 from imageport.pipeline.extents import Piece
 from imageport.pipeline.hashing import Digests, MultiHasher
-from imageport.stores import StoredObject, StoreWriter
+from imageport.stores import Store, StoredObject, StoreWriter
 
 POOL_BUFFERS = 4  # chunk buffers shared by the reader and all writers
 _COMMIT = "commit"  # end of stream: commit the object
@@ -144,6 +144,45 @@ def fan_out(
             result.stored.append(feeder.stored)
         elif feeder.error is not None:
             result.failed[feeder.store_id] = feeder.error
+    return result
+
+
+def fan_out_to_stores(
+    pieces: Iterable[Piece],
+    stores: Iterable[Store],
+    image_id: str,
+    *,
+    size: int | None,
+    chunk_size: int,
+    hash_algo: str | None,
+    progress: Progress,
+) -> FanOutResult:
+    """Open a writer for ``image_id`` on every store, then :func:`fan_out` ``pieces`` to them.
+
+    A store that refuses to start a write is reported in ``failed``, as one that fails midway
+    is. If the fan-out does not even start, every writer opened so far is aborted.
+    """
+    writers: dict[str, StoreWriter] = {}
+    failed: dict[str, PipelineError] = {}
+    try:
+        for store in stores:
+            try:
+                writers[store.store_id] = store.begin_write(image_id, size=size)
+            except PipelineError as exc:
+                failed[store.store_id] = exc
+        result = fan_out(
+            pieces,
+            writers,
+            chunk_size=chunk_size,
+            hash_algo=hash_algo,
+            total=size or None,
+            progress=progress,
+        )
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()  # fan_out aborts the writers it took; this covers a failed start
+        raise
+    result.failed.update(failed)
     return result
 
 

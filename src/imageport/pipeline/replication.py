@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from imageport.errors import HashMismatch, InvalidRequest, PipelineError, SourceNotFound
+from imageport.errors import HashMismatch, InvalidRequest, SourceNotFound
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.copying import settle_failures, target_store_ids
 from imageport.pipeline.extents import Piece, read_extents
-from imageport.pipeline.fanout import FanOutResult, fan_out
+from imageport.pipeline.fanout import FanOutResult, fan_out_to_stores
 from imageport.pipeline.hashing import SUPPORTED_ALGOS, Digests, same_digest
 from imageport.records import ImageStatus, repository
 from imageport.records.models import LOCATION_ACTIVE
-from imageport.stores import FileStore, Store, StoreWriter
+from imageport.stores import FileStore, Store
 
 NAME = "copy"
 
@@ -89,28 +89,15 @@ def _copy(
 ) -> FanOutResult:
     """One read of the first source location fanned out to every target."""
     store, url = sources[0]
-    writers: dict[str, StoreWriter] = {}
-    failed: dict[str, PipelineError] = {}
-    try:
-        for target in targets:
-            try:
-                writers[target.store_id] = target.begin_write(ctx.image_id, size=expected.size)
-            except PipelineError as exc:
-                failed[target.store_id] = exc
-        result = fan_out(
-            _pieces(ctx, store, url),
-            writers,
-            chunk_size=ctx.settings.chunk_size,
-            hash_algo=expected.algo,
-            total=expected.size or None,
-            progress=ctx.progress,
-        )
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()  # fan_out aborts the writers it took; this covers a failed start
-        raise
-    result.failed.update(failed)
-    return result
+    return fan_out_to_stores(
+        _pieces(ctx, store, url),
+        targets,
+        ctx.image_id,
+        size=expected.size,
+        chunk_size=ctx.settings.chunk_size,
+        hash_algo=expected.algo,
+        progress=ctx.progress,
+    )
 
 
 def _pieces(ctx: JobContext, store: Store, url: str) -> Iterator[Piece]:
