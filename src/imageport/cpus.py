@@ -4,8 +4,9 @@ Why pin at all: a job is a chain of short hand-offs (worker → PostgreSQL → w
 → worker), and the kernel places a woken task next to the one that woke it. Left alone, the
 chains of two busy worker processes keep landing on the same CPU while another sits idle:
 on 2 cores, 2 unpinned processes did about 1.6x the tiny imports of one, pinned ones
-1.8-1.9x (``bench/workers.py``, which measures both). A process gets a share only when there
-are at least as many CPUs as processes, so no share is ever overbooked by this placement.
+1.8-1.9x (``bench/workers.py``, which measures both). Processes get shares only when every job
+thread can have a CPU of its own (processes * threads <= CPUs), so no process's job threads
+are crowded into a share smaller than their number.
 
 qemu-img and other children are started with the whole CPU set again (:func:`anywhere`), so
 a conversion can still use every idle core.
@@ -21,14 +22,17 @@ from collections.abc import Collection, Iterator
 _whole_set: frozenset[int] | None = None
 
 
-def shares(processes: int, cpus: Collection[int]) -> list[frozenset[int]] | None:
+def shares(
+    processes: int, cpus: Collection[int], *, threads: int = 1
+) -> list[frozenset[int]] | None:
     """Split ``cpus`` into ``processes`` disjoint shares of near-equal size, in CPU order.
 
-    Returns None when pinning would not help: one process (it may use every CPU) or more
-    processes than CPUs (some would have to share one, which the kernel balances better).
+    Returns None when pinning would not help: one process (it may use every CPU), or more job
+    threads (``processes * threads``) than CPUs, so that some share would hold fewer CPUs than
+    its process has threads; the kernel balances an overbooked host better.
     """
     ordered = sorted(cpus)
-    if processes < 2 or processes > len(ordered):
+    if processes < 2 or processes * threads > len(ordered):
         return None
     size, extra = divmod(len(ordered), processes)
     result, start = [], 0

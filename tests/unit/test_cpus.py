@@ -33,6 +33,13 @@ def test_no_shares_for_one_process_or_fewer_cpus_than_processes(processes, avail
     assert cpus.shares(processes, available) is None
 
 
+def test_shares_only_when_every_job_thread_has_a_cpu():
+    assert cpus.shares(2, range(8), threads=4) == [frozenset(range(4)), frozenset(range(4, 8))]
+    # 2 processes of 2 threads on 2 CPUs: pinned, each process would get 1 CPU for 2 jobs.
+    assert cpus.shares(2, [0, 1], threads=2) is None
+    assert cpus.shares(3, range(8), threads=3) is None
+
+
 def _allowed() -> set[int]:
     """The CPUs a newly started child may use, as the kernel reports them."""
     out = subprocess.run(

@@ -40,8 +40,8 @@ def worker_command(
     pin_cpus: Annotated[
         bool,
         typer.Option(
-            help="Give each process its own share of the CPUs (when there are at least as "
-            "many CPUs as processes); qemu-img still runs on any CPU."
+            help="Give each process its own share of the CPUs (when there is a CPU for "
+            "every job thread: processes * threads <= CPUs); qemu-img still runs on any CPU."
         ),
     ] = True,
 ) -> None:

@@ -49,7 +49,7 @@ def supervise(
     """Run the worker processes until they exit; 0 when all of them stopped cleanly.
 
     With ``pin_cpus``, each process keeps to its own share of this process's CPUs when there
-    are enough of them (see :mod:`imageport.cpus`).
+    is a CPU for every job thread (see :mod:`imageport.cpus`).
     """
     with tempfile.TemporaryDirectory(prefix="imageport-metrics-") as metrics_dir:
         if metrics_port is not None:
@@ -58,7 +58,9 @@ def supervise(
             _serve_metrics(settings, metrics_port, Path(metrics_dir))
         # sched_setaffinity is Linux's; elsewhere the kernel places the processes.
         pinnable = pin_cpus and hasattr(os, "sched_setaffinity")
-        placement = cpus.shares(processes, os.sched_getaffinity(0)) if pinnable else None
+        placement = (
+            cpus.shares(processes, os.sched_getaffinity(0), threads=threads) if pinnable else None
+        )
         log.info(
             "starting workers",
             processes=processes,
