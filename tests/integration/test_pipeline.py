@@ -385,9 +385,9 @@ def test_interrupted_download_resumes_with_range(services, tmp_path, honour_rang
         request = ImportRequest(method="web-download", source=url, disk_format="qcow2")
         submitted = submit_import(services, request)
         staged = services.settings.resolved_staging_dir / submitted.task_id / "source"
-        import imageport.pipeline.staging as staging_module  # noqa: PLC0415
+        import imageport.pipeline.extents as extents_module  # noqa: PLC0415
 
-        real_pwrite = staging_module._pwrite_all
+        real_pwrite = extents_module.pwrite_all
         written = {"bytes": 0}
 
         def crashing_pwrite(fd, data, offset):
@@ -396,12 +396,13 @@ def test_interrupted_download_resumes_with_range(services, tmp_path, honour_rang
             if written["bytes"] >= 8 * MIB:
                 raise _Crash
 
-        staging_module._pwrite_all = crashing_pwrite
+        # The stage step writes through extents.pwrite_all (looked up at call time).
+        extents_module.pwrite_all = crashing_pwrite
         try:
             with pytest.raises(_Crash):
                 runner.run_import(services, submitted.task_id)
         finally:
-            staging_module._pwrite_all = real_pwrite
+            extents_module.pwrite_all = real_pwrite
         assert 0 < staged.stat().st_size < len(_RangeHandler.body)
 
         assert runner.run_import(services, submitted.task_id).status == TaskStatus.SUCCESS

@@ -214,7 +214,7 @@ def _copy(
                 return
             # Zero blocks are not written: they stay holes, so staged raw images stay sparse.
             for start, end in data_runs(chunk):
-                _pwrite_all(fd, chunk[start:end], offset + start)
+                extents.pwrite_all(fd, chunk[start:end], offset + start)
 
         scanned = scan(
             chunks,
@@ -427,14 +427,3 @@ class _KernelCopier:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace("staging ran out of space: free space there and retry") from exc
                 raise
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    # The stage step's one write call: tests replace it to crash a download midway.
-    extents.pwrite_all(fd, data, offset)
-
-
-def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset``; a full disk is NoSpace (for API uploads)."""
-    # Looked up at call time, so tests that replace _pwrite_all see API uploads too.
-    _pwrite_all(fd, data, offset)

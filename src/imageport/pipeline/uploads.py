@@ -22,7 +22,7 @@ from imageport.config import Settings
 from imageport.errors import SourceNotFound
 from imageport.pipeline import staging
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.extents import data_runs
+from imageport.pipeline.extents import data_runs, pwrite_all
 from imageport.pipeline.inspector import Verdict
 from imageport.pipeline.sources import file_chunks
 from imageport.pipeline.stagingarea import StagingArea, upload_names
@@ -100,7 +100,7 @@ def _write(
         def sink(chunk: memoryview, offset: int) -> None:
             # Zero blocks stay holes, as in the stage step.
             for start, end in data_runs(chunk):
-                staging.pwrite_all(fd, chunk[start:end], offset + start)
+                pwrite_all(fd, chunk[start:end], offset + start)
 
         scanned = staging.scan(chunks, settings, declared=disk_format, extra_algo=None, sink=sink)
         if not scanned["complete"]:
