@@ -517,13 +517,20 @@ def test_set_task_status_cas(database):
         )
 
 
+def _open(session, task_id, stage, attempt):
+    """Open a stage run as the runner does; return its row."""
+    return session.get(
+        StageRun, repository.open_stage_run(session, task_id, stage, attempt=attempt)
+    )
+
+
 def test_stage_runs(database):
     _, task_id = _new_task(database)
     with database.session() as session:
-        first = repository.start_stage_run(session, task_id, "stage", bytes_total=100)
+        first = _open(session, task_id, "stage", 1)
         assert (first.attempt, first.status, first.bytes_done) == (1, StageStatus.RUNNING, 0)
         assert first.started_at is not None
-        repository.update_stage_progress(session, first.id, bytes_done=50)
+        repository.update_stage_progress(session, first.id, bytes_done=50, bytes_total=100)
         repository.finish_stage_run(
             session,
             first.id,
@@ -531,8 +538,8 @@ def test_stage_runs(database):
             error_code="source_unavailable",
             error_message="connection reset",
         )
-        second = repository.start_stage_run(session, task_id, "stage")
-        verify = repository.start_stage_run(session, task_id, "verify")
+        second = _open(session, task_id, "stage", 2)
+        verify = _open(session, task_id, "verify", 1)
         assert (second.attempt, verify.attempt) == (2, 1)
         repository.update_stage_progress(session, second.id, bytes_done=100, bytes_total=100)
         repository.finish_stage_run(
@@ -566,8 +573,8 @@ def test_stage_runs(database):
             repository.finish_stage_run(session, 10**9, status=StageStatus.DONE)
         with pytest.raises(NotFound):
             repository.update_stage_progress(session, 10**9, bytes_done=1)
-        with pytest.raises(NotFound):
-            repository.start_stage_run(session, "missing", "stage")
+    with pytest.raises(IntegrityError), database.session() as session:
+        repository.open_stage_run(session, "missing", "stage", attempt=1)  # no such task
 
 
 def test_open_stage_run_numbers_attempts_as_told_and_refuses_a_number_twice(database):
@@ -576,7 +583,7 @@ def test_open_stage_run_numbers_attempts_as_told_and_refuses_a_number_twice(data
         run_id = repository.open_stage_run(session, task_id, "stage", attempt=1)
         run = session.get(StageRun, run_id)
         assert (run.attempt, run.status, run.bytes_done) == (1, StageStatus.RUNNING, 0)
-        assert repository.start_stage_run(session, task_id, "stage").attempt == 2
+        assert _open(session, task_id, "stage", 2).attempt == 2
     with pytest.raises(IntegrityError), database.session() as session:
         repository.open_stage_run(session, task_id, "stage", attempt=2)
 
@@ -584,8 +591,9 @@ def test_open_stage_run_numbers_attempts_as_told_and_refuses_a_number_twice(data
 def test_task_to_dict(database):
     image_id, task_id = _new_task(database)
     with database.session() as session:
-        run = repository.start_stage_run(session, task_id, "stage", bytes_total=9)
-        repository.finish_stage_run(session, run.id, status=StageStatus.SKIPPED)
+        run_id = repository.open_stage_run(session, task_id, "stage", attempt=1)
+        repository.update_stage_progress(session, run_id, bytes_done=0, bytes_total=9)
+        repository.finish_stage_run(session, run_id, status=StageStatus.SKIPPED)
     with database.session() as session:
         task = repository.get_task(session, task_id)
         body = task_to_dict(task, repository.stage_runs(session, task_id))
@@ -649,7 +657,7 @@ def test_task_to_dict(database):
 def test_deleting_a_task_deletes_its_stage_runs(database):
     _, task_id = _new_task(database)
     with database.session() as session:
-        repository.start_stage_run(session, task_id, "stage")
+        repository.open_stage_run(session, task_id, "stage", attempt=1)
     with database.session() as session:
         session.delete(repository.get_task(session, task_id))
     with database.session() as session:

@@ -315,8 +315,7 @@ def _run_stage(
     ctx.outputs.pop(name, None)
     if run_id is None:
         with services.db.session() as session:
-            attempt = ctx.next_attempt(name)
-            run_id = repository.open_stage_run(session, ctx.task_id, name, attempt=attempt)
+            run_id = _open_run(session, ctx, name)
     writer = _ProgressWriter(services, run_id, heartbeat)
     ctx.progress = writer
     started = time.monotonic()
@@ -373,8 +372,12 @@ def _finish(
             if error is None and ctx.owner is not None:
                 leases.release(session, ctx.task_id, ctx.owner)
             return None
-        attempt = ctx.next_attempt(following)
-        return repository.open_stage_run(session, ctx.task_id, following, attempt=attempt)
+        return _open_run(session, ctx, following)
+
+
+def _open_run(session: Session, ctx: JobContext, stage: str) -> int:
+    """Open the row of the job's next attempt at ``stage``; return its id."""
+    return repository.open_stage_run(session, ctx.task_id, stage, attempt=ctx.next_attempt(stage))
 
 
 class _ProgressWriter:

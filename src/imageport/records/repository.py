@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import CursorResult, insert, select, update
 
 from imageport.errors import InvalidRequest, NotFound, StateConflict
 from imageport.records.base import utcnow
@@ -177,15 +177,7 @@ def set_property(session: Session, image_id: str, name: str, value: str) -> None
     Raises:
         NotFound: if there is no image with this id.
     """
-    image = get_image(session, image_id)
-    for prop in image.properties:
-        if prop.name == name:
-            prop.value = value
-            break
-    else:
-        image.properties.append(ImageProperty(name=name, value=value))
-    image.updated_at = utcnow()
-    session.flush()
+    set_properties(session, image_id, {name: value})
 
 
 def set_properties(session: Session, image_id: str, values: Mapping[str, str]) -> None:
@@ -397,34 +389,6 @@ def set_task_status(
 
 
 # Stage runs
-
-
-def start_stage_run(
-    session: Session, task_id: str, stage: str, *, bytes_total: int | None = None
-) -> StageRun:
-    """Add a ``running`` row for the next attempt at ``stage`` of the task; return it.
-
-    Raises:
-        NotFound: if there is no task with this id.
-    """
-    get_task(session, task_id)
-    last = session.scalar(
-        select(func.max(StageRun.attempt)).where(
-            StageRun.task_id == task_id, StageRun.stage == stage
-        )
-    )
-    run = StageRun(
-        task_id=task_id,
-        stage=stage,
-        status=StageStatus.RUNNING,
-        attempt=(last or 0) + 1,
-        started_at=utcnow(),
-        bytes_done=0,
-        bytes_total=bytes_total,
-    )
-    session.add(run)
-    session.flush()
-    return run
 
 
 def open_stage_run(session: Session, task_id: str, stage: str, *, attempt: int) -> int:
