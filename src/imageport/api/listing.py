@@ -97,21 +97,37 @@ def list_images(
     )
     query = _property_filters(query, request)
     keys = _sort_keys(sort, sort_key or [], sort_dir or [])
-    page_size = min(DEFAULT_LIMIT if limit is None else limit, MAX_LIMIT)
+    size = page_size(limit)
     with ctx.services.db.session() as session:
         if marker is not None:
             query = query.where(_after(_marker(session, marker, who), keys))
         ordered = query.order_by(
             *[_sort_expr(k).asc() if asc else _sort_expr(k).desc() for k, asc in keys]
         )
-        images = list(session.scalars(ordered.limit(page_size + 1)))
-        views = [image_view(image, who) for image in images[:page_size]]
-    body: dict[str, Any] = {"images": views, "schema": "/v2/schemas/images"}
+        images = list(session.scalars(ordered.limit(size + 1)))
+        views = [image_view(image, who) for image in images[:size]]
+    links = page_links(request, "/v2/images", views, more=len(images) > size)
+    return {"images": views, "schema": "/v2/schemas/images", **links}
+
+
+def page_size(limit: int | None) -> int:
+    """Rows per page for a ``limit`` parameter (Glance's default and maximum)."""
+    return min(DEFAULT_LIMIT if limit is None else limit, MAX_LIMIT)
+
+
+def page_links(
+    request: Request, path: str, page: list[dict[str, Any]], *, more: bool
+) -> dict[str, str]:
+    """Glance's ``first`` link and, when ``more`` rows follow ``page``, its ``next`` link.
+
+    Both keep the request's parameters; ``next`` puts the page's last id in ``marker``. Callers
+    fetch one row more than a page to know ``more``.
+    """
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "marker"]
-    body["first"] = "/v2/images" + (f"?{urlencode(params)}" if params else "")
-    if len(images) > page_size and views:  # one more row than a page: there is a next page
-        body["next"] = "/v2/images?" + urlencode([*params, ("marker", views[-1]["id"])])
-    return body
+    links = {"first": path + (f"?{urlencode(params)}" if params else "")}
+    if more and page:
+        links["next"] = f"{path}?" + urlencode([*params, ("marker", page[-1]["id"])])
+    return links
 
 
 def _scoped(who: Identity, visibility: str | None, member_status: str | None) -> Select[Image]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
@@ -28,7 +27,7 @@ from imageport.api import access
 from imageport.api.auth import Caller, Identity
 from imageport.api.deps import Ctx
 from imageport.api.errors import ApiError, bad_request
-from imageport.api.listing import DEFAULT_LIMIT, MAX_LIMIT, Opt
+from imageport.api.listing import Opt, page_links, page_size
 from imageport.records import Task, repository, task_to_dict
 from imageport.records.serialize import task_stub_to_dict
 
@@ -50,7 +49,7 @@ def list_tasks(
     """List the tasks the caller may see, filtered, sorted and paged as in Glance."""
     if sort_dir not in ("asc", "desc"):
         raise bad_request(f"sort direction {sort_dir!r} is neither asc nor desc")
-    page_size = min(DEFAULT_LIMIT if limit is None else limit, MAX_LIMIT)
+    size = page_size(limit)
     with ctx.services.db.session() as session:
         tasks = repository.list_tasks(
             session,
@@ -60,18 +59,11 @@ def list_tasks(
             sort_key=sort_key,
             ascending=sort_dir == "asc",
             after=None if marker is None else _marker(session, marker, who),
-            limit=page_size + 1,  # one more row than a page tells whether there is a next one
+            limit=size + 1,  # one more row than a page tells whether there is a next one
         )
-        stubs = [task_stub_to_dict(task) for task in tasks[:page_size]]
-    params = [(k, v) for k, v in request.query_params.multi_items() if k != "marker"]
-    body: dict[str, Any] = {
-        "tasks": stubs,
-        "first": "/v2/tasks" + (f"?{urlencode(params)}" if params else ""),
-        "schema": "/v2/schemas/tasks",
-    }
-    if len(tasks) > page_size and stubs:
-        body["next"] = "/v2/tasks?" + urlencode([("marker", stubs[-1]["id"]), *params])
-    return body
+        stubs = [task_stub_to_dict(task) for task in tasks[:size]]
+    links = page_links(request, "/v2/tasks", stubs, more=len(tasks) > size)
+    return {"tasks": stubs, "schema": "/v2/schemas/tasks", **links}
 
 
 @router.get("/v2/images/{image_id}/tasks")
