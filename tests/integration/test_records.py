@@ -378,6 +378,17 @@ def test_stale_expected_status_conflicts_and_writes_nothing(database):
     assert _status_row(database, image_id) == before
 
 
+def test_keep_image_status_holds_the_expected_status_or_conflicts(database):
+    image_id = _new_image(database)
+    with database.session() as session:
+        repository.keep_image_status(session, image_id, expected=ImageStatus.QUEUED)
+        with pytest.raises(StateConflict, match=r"is queued, not saving"):
+            repository.keep_image_status(session, image_id, expected=ImageStatus.SAVING)
+        with pytest.raises(NotFound):
+            repository.keep_image_status(session, "missing", expected=ImageStatus.QUEUED)
+    assert _status_row(database, image_id)[0] == ImageStatus.QUEUED
+
+
 def test_illegal_transition_raises_and_writes_nothing(database):
     image_id = _new_image(database)
     before = _status_row(database, image_id)

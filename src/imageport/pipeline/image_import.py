@@ -8,7 +8,7 @@ so two concurrent import calls cannot both start.
 
 from __future__ import annotations
 
-from imageport.errors import InvalidRequest, StateConflict
+from imageport.errors import InvalidRequest
 from imageport.pipeline.activation import FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO_STORES
 from imageport.pipeline.context import Services
 from imageport.pipeline.request import ImportRequest
@@ -61,10 +61,10 @@ def import_existing(
             input={"image_id": image_id, "request": request.model_dump(mode="json")},
             owner=image.owner,
         )
-        if status != expected:
+        if status == expected:  # PUT /file: saving before the task, saving during it
+            repository.keep_image_status(session, image_id, expected=expected)
+        else:
             repository.set_image_status(session, image_id, expected=expected, new=status)
-        elif image.status != expected:
-            raise StateConflict(f"image {image_id} is {image.status}, no longer {expected}")
         repository.set_property(session, image_id, IMPORT_TASK, task.id)
         repository.set_property(session, image_id, IMPORTING_TO_STORES, ",".join(stores))
         repository.set_property(session, image_id, FAILED_IMPORT, "")

@@ -9,7 +9,7 @@ illegal transition is an error before anything is written.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from sqlalchemy import CursorResult, insert, select, update
 
@@ -165,10 +165,36 @@ def set_image_status(
         .values(status=new, updated_at=utcnow(), **fields)
     )
     if _rowcount(session, statement) == 0:
-        current = session.scalar(select(Image.status).where(Image.id == image_id))
-        if current is None:
-            raise NotFound(f"image {image_id} not found")
-        raise StateConflict(_conflict("image", image_id, current, olds, new))
+        _image_conflict(session, image_id, olds, new)
+
+
+def keep_image_status(session: Session, image_id: str, *, expected: ImageStatus) -> None:
+    """Make sure the image is still ``expected`` and keep it so until the transaction ends.
+
+    A conditional UPDATE (of ``updated_at``), like :func:`set_image_status`: it takes the
+    row's lock, so a concurrent change (a delete) either lands before and is seen, or waits.
+
+    Raises:
+        StateConflict: if the image is no longer ``expected``.
+        NotFound: if there is no image with this id.
+    """
+    statement = (
+        update(Image)
+        .where(Image.id == image_id, Image.status == expected)
+        .values(updated_at=utcnow())
+    )
+    if _rowcount(session, statement) == 0:
+        _image_conflict(session, image_id, [expected], expected)
+
+
+def _image_conflict(
+    session: Session, image_id: str, olds: list[ImageStatus], new: ImageStatus
+) -> NoReturn:
+    """Raise why a conditional update of the image's status matched no row."""
+    current = session.scalar(select(Image.status).where(Image.id == image_id))
+    if current is None:
+        raise NotFound(f"image {image_id} not found")
+    raise StateConflict(_conflict("image", image_id, current, olds, new))
 
 
 def set_property(session: Session, image_id: str, name: str, value: str) -> None:
