@@ -34,8 +34,8 @@ from sqlalchemy import func, make_url, select
 
 from imageport.config import Settings
 from imageport.pipeline.context import Services
+from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import submit_import
 from imageport.records import Task, repository
 from imageport.workers.actors import declare_actors
 from imageport.workers.broker import build_broker

@@ -10,7 +10,9 @@ that says what to do about it::
     │   ├── StoreUnavailable          a store could not be written or read right now
     │   ├── NoSpace                   not enough free space where the bytes would land
     │   ├── DatabaseUnavailable       the database connection was lost mid-job
-    │   └── Stalled                   no progress for the stall timeout
+    │   ├── StagingLost               a resumed job's staged data is gone; it stages again
+    │   ├── Stalled                   no progress for the stall timeout
+    │   └── ShutDown                  the worker shut down mid-stage; another continues
     ├── PermanentError                fail now: retrying the same request cannot succeed
     │   ├── InvalidRequest            the request itself is wrong (bad format name, bad hash)
     │   ├── SourceNotFound            the source does not exist (missing file, HTTP 4xx)
@@ -147,6 +149,12 @@ class Stalled(TransientError):
     """A job made no progress for the stall timeout; it is retried."""
 
     code = "stalled"
+
+
+class ShutDown(TransientError):
+    """The worker shut down during the stage; the job is requeued and continues elsewhere."""
+
+    code = "shutdown"
 
 
 class Cancelled(PermanentError):

@@ -22,8 +22,8 @@ from workers_support import Worker, cli, wait_for
 
 from imageport.config import Settings
 from imageport.pipeline.context import Services
+from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import submit_import
 from imageport.records import Database, StageRun, Task, image_to_dict, repository
 from imageport.workers.actors import declare_actors
 from imageport.workers.broker import build_broker

@@ -11,9 +11,9 @@ from test_multistore import PART, multi_services, proxy  # noqa: F401 - shared f
 
 from imageport.errors import InvalidRequest
 from imageport.pipeline import runner
-from imageport.pipeline.copy_image import submit_copy
+from imageport.pipeline.methods.copy_image import submit_copy
+from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import submit_import
 from imageport.records import repository, serialize
 from images import MIB, file_digests, make_raw, stored_path
 

@@ -18,11 +18,11 @@ import pytest
 
 from imageport.config import Settings
 from imageport.pipeline import runner
-from imageport.pipeline.check import check_file
 from imageport.pipeline.context import Services
-from imageport.pipeline.qemu import QemuImg, run_limited
+from imageport.pipeline.methods.check import check_file
+from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import submit_import
+from imageport.pipeline.safety.qemu import QemuImg, run_limited
 from imageport.records import TaskStatus, repository, serialize
 from images import leftover_files
 

@@ -19,10 +19,11 @@ import pytest
 from s3_support import bucket_keys, md5, open_uploads, s3_client
 
 from imageport.config import Settings
-from imageport.pipeline import copying, runner
+from imageport.pipeline import runner
 from imageport.pipeline.context import Services
+from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import submit_import
+from imageport.pipeline.stages import copying
 from imageport.records import repository, serialize
 from images import MIB, file_digests, leftover_files, make_raw, stored_path
 

@@ -10,8 +10,9 @@ import pytest
 
 from imageport.errors import IllegalTransition
 from imageport.pipeline import runner
+from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import submit_import
+from imageport.pipeline.stages import STAGE_NAMES
 from imageport.records import ImageStatus, StageStatus, TaskStatus, repository, serialize
 from images import MIB, file_digests, leftover_files, make_qcow2, make_raw, qemu_info, stored_path
 
@@ -64,7 +65,7 @@ def test_qcow2_converted_to_raw_has_every_field_right(services, settings, tmp_pa
     assert image["os_glance_importing_to_stores"] == ""
     task = _task(services, submitted.task_id)
     assert task["status"] == "success"
-    assert [s["stage"] for s in task["stages"]] == list(runner.STAGE_NAMES)
+    assert [s["stage"] for s in task["stages"]] == list(STAGE_NAMES)
     assert {s["status"] for s in task["stages"]} == {"done"}
     assert task["stages"][0]["bytes_done"] == src.stat().st_size
     _assert_nothing_left_but_store(settings)
@@ -385,7 +386,7 @@ def test_interrupted_download_resumes_with_range(services, tmp_path, honour_rang
         request = ImportRequest(method="web-download", source=url, disk_format="qcow2")
         submitted = submit_import(services, request)
         staged = services.settings.resolved_staging_dir / submitted.task_id / "source"
-        import imageport.pipeline.extents as extents_module  # noqa: PLC0415
+        import imageport.pipeline.data.extents as extents_module  # noqa: PLC0415
 
         real_pwrite = extents_module.pwrite_all
         written = {"bytes": 0}

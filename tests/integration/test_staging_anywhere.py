@@ -18,10 +18,11 @@ from api_support import api_server, wait_status
 from s3_support import bucket_keys, open_uploads
 
 from imageport.config import Settings
-from imageport.pipeline import copying, runner
+from imageport.pipeline import runner
 from imageport.pipeline.context import Services
+from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import submit_import
+from imageport.pipeline.stages import copying
 from imageport.records import TaskStatus, repository, serialize
 from imageport.workers.sweeper import sweep_local
 from images import MIB, file_digests, leftover_files, make_qcow2, stored_path
@@ -78,7 +79,7 @@ def _die_in(where, services, monkeypatch):
     if where == "convert":
         monkeypatch.setattr(services.qemu, "convert", _crash)
     else:
-        monkeypatch.setattr(copying, "run", _crash)
+        monkeypatch.setattr(copying.Copying, "run", _crash)
 
 
 @pytest.mark.parametrize("where", ["convert", "copy"])

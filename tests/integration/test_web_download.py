@@ -39,9 +39,9 @@ from imageport.errors import (
 )
 from imageport.pipeline import runner
 from imageport.pipeline.context import Services, build_http_client
+from imageport.pipeline.data.sources import http_stream
+from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.sources import http_stream
-from imageport.pipeline.submit import submit_import
 from imageport.records import TaskStatus, repository, serialize
 from images import MIB, file_digests, leftover_files, make_qcow2
 

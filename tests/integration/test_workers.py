@@ -11,8 +11,8 @@ from workers_support import SlowHandler, Worker, cli, cli_json, serve, wait_for
 
 from imageport.config import Settings
 from imageport.pipeline.context import Services
+from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import submit_import
 from imageport.records import Database, image_to_dict, leases, repository
 from imageport.records.base import utcnow
 from imageport.workers.actors import declare_actors

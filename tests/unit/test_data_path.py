@@ -10,10 +10,10 @@ import uuid
 import pytest
 
 from imageport.errors import InvalidRequest, QemuTimeout
-from imageport.pipeline.extents import data_runs, is_zero, read_extents
-from imageport.pipeline.hashing import MultiHasher, parse_hash_spec, same_digest
-from imageport.pipeline.qemu import Limits, run_limited
+from imageport.pipeline.data.extents import data_runs, is_zero, read_extents
+from imageport.pipeline.data.hashing import MultiHasher, parse_hash_spec, same_digest
 from imageport.pipeline.request import ImportRequest
+from imageport.pipeline.safety.qemu import Limits, run_limited
 from imageport.stores import FileStore, MemoryStore
 
 

@@ -11,7 +11,7 @@ import pytest
 import zstandard
 
 from imageport.errors import PipelineError
-from imageport.pipeline.decompression import decompress, detect
+from imageport.pipeline.data.decompression import decompress, detect
 
 MIB = 1024 * 1024
 

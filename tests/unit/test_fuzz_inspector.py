@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from imageport.config import Settings
-from imageport.pipeline.inspector import StreamInspector, Verdict
-from imageport.pipeline.qemu import qemu_format
+from imageport.pipeline.safety.inspector import StreamInspector, Verdict
+from imageport.pipeline.safety.qemu import qemu_format
 
 SEEDS = {
     "qcow2": ["-f", "qcow2"],

@@ -6,7 +6,7 @@ import gzip
 import subprocess
 
 from imageport.config import Settings
-from imageport.pipeline.staging import scan
+from imageport.pipeline.data.scan import scan
 
 MIB = 1024 * 1024
 SETTINGS = Settings(chunk_size=64 * 1024)
@@ -37,18 +37,18 @@ def test_a_refusal_known_from_the_header_stops_reading_after_one_more_chunk(tmp_
 
     scanned = scan(counted(), SETTINGS, declared="qcow2", extra_algo=None)
 
-    assert scanned["complete"] is False
-    assert scanned["verdict"]["reason_code"] == "backing_file"
+    assert scanned.complete is False
+    assert scanned.verdict.reason_code == "backing_file"
     # Every header region is known by 256 KiB (VHDX's region table ends there); one more
     # chunk is read before the refusal stops the stream. Not 32 MiB.
     assert sum(pulled) <= 256 * 1024 + 64 * 1024
-    assert scanned["md5"] is None  # the stream was not read to its end
+    assert scanned.md5 is None  # the stream was not read to its end
 
 
 def test_format_mismatch_is_early_too(tmp_path):
     data = _qcow2(tmp_path) + bytes(8 * MIB)
     scanned = scan(_chunks(data), SETTINGS, declared="raw", extra_algo=None)
-    assert (scanned["complete"], scanned["verdict"]["reason_code"]) == (False, "format_mismatch")
+    assert (scanned.complete, scanned.verdict.reason_code) == (False, "format_mismatch")
 
 
 def test_raw_content_declared_vhd_waits_for_the_footer(tmp_path):
@@ -58,9 +58,9 @@ def test_raw_content_declared_vhd_waits_for_the_footer(tmp_path):
         check=True,
     )
     scanned = scan(_chunks(path.read_bytes()), SETTINGS, declared="vhd", extra_algo=None)
-    verdict = scanned["verdict"]
-    assert scanned["complete"] is True
-    assert (verdict["accepted"], verdict["detected_format"], verdict["subformat"]) == (
+    verdict = scanned.verdict
+    assert scanned.complete is True
+    assert (verdict.accepted, verdict.detected_format, verdict.subformat) == (
         True,
         "vhd",
         "fixed",
@@ -77,13 +77,13 @@ def test_compressed_upload_keeps_received_hashes_and_reports_the_disk(tmp_path):
 
     scanned = scan(_chunks(packed), SETTINGS, declared="qcow2", extra_algo=None, sink=sink)
 
-    assert scanned["compression"] == "gzip"
-    assert scanned["size"] == len(packed)
-    assert scanned["disk_size"] == len(disk)
+    assert scanned.compression == "gzip"
+    assert scanned.size == len(packed)
+    assert scanned.disk_size == len(disk)
     assert bytes(written) == disk
-    assert scanned["verdict"]["accepted"] is True
+    assert scanned.verdict.accepted is True
 
 
 def test_empty_input_is_refused():
     scanned = scan(iter(()), SETTINGS, declared="raw", extra_algo=None)
-    assert scanned["verdict"]["reason_code"] == "empty_image"
+    assert scanned.verdict.reason_code == "empty_image"

@@ -9,7 +9,7 @@ import pytest
 
 from imageport.config import Settings
 from imageport.errors import StagingLost
-from imageport.pipeline.stagingarea import StagingArea
+from imageport.pipeline.data.staging_area import StagingArea
 from imageport.stores import MemoryStore
 
 CHUNK = 64 * 1024

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from imageport.errors import StoreUnavailable
-from imageport.pipeline.extents import Piece
-from imageport.pipeline.fanout import fan_out
+from imageport.pipeline.data.extents import Piece
+from imageport.pipeline.data.fanout import fan_out
 from imageport.stores import MemoryStore, S3Store
 
 PART = 5 * 1024 * 1024

@@ -21,7 +21,7 @@ from imageport.errors import (
     SourceNotFound,
     SourceUnavailable,
 )
-from imageport.pipeline.urlpolicy import UrlPolicy, address_refusal, parse_url, vet
+from imageport.pipeline.safety.urlpolicy import UrlPolicy, address_refusal, parse_url, vet
 
 BUILDER = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "build_corpus.py"
 

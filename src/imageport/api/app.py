@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from imageport.api import data, discovery, errors, images, imports, listing, members, tasks
 from imageport.api.deps import ApiContext
 from imageport.config import Settings
-from imageport.pipeline.context import Services
+from imageport.pipeline import Services
 from imageport.workers.actors import declare_actors
 from imageport.workers.broker import build_broker
 from imageport.workers.embedded import EmbeddedWorker

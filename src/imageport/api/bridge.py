@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import anyio.from_thread
 from starlette.requests import Request
 
-from imageport.pipeline.staging import coalesce
+from imageport.pipeline import coalesce
 
 
 def body_chunks(request: Request, buffer: bytearray) -> Iterator[memoryview]:

@@ -1,8 +1,8 @@
 """Image data: ``PUT /stage`` (glance-direct), ``PUT /file`` (classic upload), ``GET /file``.
 
-Uploads stream through :func:`imageport.pipeline.uploads.receive` (one scanning pass into the
-staging area) in a worker thread; downloads stream from the store. Neither holds more than a
-chunk in memory. ``PUT /file`` goes through the same pipeline as an import (a glance-direct
+Uploads stream through :func:`imageport.pipeline.methods.uploads.receive_upload` (one scanning
+pass into the staging area) in a worker thread; downloads stream from the store. Neither holds
+more than a chunk in memory. ``PUT /file`` goes through the same pipeline as an import (a glance-direct
 task) and answers once the image is active, as Glance's synchronous upload does; the image
 shows ``saving`` all along (``queued → saving → active``, or back to ``queued`` on failure), as
 in Glance, where ``PUT /stage`` shows ``uploading`` and ``POST /import`` ``importing``.
@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
@@ -26,9 +25,7 @@ from imageport.api.bridge import body_chunks
 from imageport.api.deps import ApiContext, Ctx
 from imageport.api.errors import ApiError, bad_request, conflict, forbidden, status_of
 from imageport.errors import PipelineError
-from imageport.pipeline import uploads
-from imageport.pipeline.image_import import import_existing
-from imageport.pipeline.request import ImportRequest
+from imageport.pipeline import ImportRequest, discard_upload, import_existing, receive_upload
 from imageport.records import Image, ImageStatus, TaskStatus, repository
 from imageport.records.states import RECEIVING
 
@@ -87,9 +84,9 @@ async def _receive(ctx: ApiContext, image_id: str, request: Request) -> None:
     length = request.headers.get("content-length")
     disk_format = await anyio.to_thread.run_sync(_disk_format, ctx, image_id)
 
-    def work() -> dict[str, Any]:
+    def work() -> object:
         buffer = bytearray(ctx.settings.chunk_size)
-        return uploads.receive(
+        return receive_upload(
             ctx.settings,
             ctx.services.staging,
             image_id,
@@ -138,7 +135,7 @@ def _import_upload(ctx: ApiContext, image: Image, store: str | None) -> None:
             status=ImageStatus.SAVING,
         )
     except PipelineError:
-        uploads.discard(ctx.settings, ctx.services.staging, image.id)
+        discard_upload(ctx.settings, ctx.services.staging, image.id)
         _back_to_queued(ctx, image.id)
         raise
     ctx.enqueue(submitted.task_id)

@@ -10,7 +10,7 @@ from fastapi import Body, Depends, Request
 
 from imageport.api.auth import Identity
 from imageport.config import Settings
-from imageport.pipeline.context import Services
+from imageport.pipeline import Services
 from imageport.records import Image, image_to_dict
 
 

@@ -16,8 +16,7 @@ from imageport.api.auth import Caller, Identity
 from imageport.api.deps import Ctx, JsonBody, image_view
 from imageport.api.discovery import IMPORT_METHODS
 from imageport.api.errors import ApiError, bad_request, conflict, forbidden
-from imageport.pipeline import uploads
-from imageport.pipeline.deletion import delete_image
+from imageport.pipeline import delete_image, discard_upload
 from imageport.records import Image, ImageTag, repository
 from imageport.records.base import utcnow
 
@@ -161,7 +160,7 @@ def remove_image(image_id: str, ctx: Ctx, who: Caller) -> Response:
         if image.protected:
             raise forbidden(f"image {image_id} is protected and cannot be deleted")
     delete_image(ctx.services, image_id)
-    uploads.discard(ctx.settings, ctx.services.staging, image_id)  # data staged but never imported
+    discard_upload(ctx.settings, ctx.services.staging, image_id)  # data staged but never imported
     return Response(status_code=204)
 
 

@@ -18,11 +18,15 @@ from imageport.api.deps import ApiContext, Ctx, JsonBody
 from imageport.api.discovery import IMPORT_METHODS
 from imageport.api.errors import bad_request, conflict, forbidden
 from imageport.errors import InvalidRequest
-from imageport.pipeline import glance_download, uploads
-from imageport.pipeline.copy_image import submit_copy
-from imageport.pipeline.image_import import import_existing
-from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.urlpolicy import parse_url
+from imageport.pipeline import (
+    ImportRequest,
+    has_upload,
+    import_existing,
+    parse_url,
+    remote_image,
+    resolve_endpoint,
+    submit_copy,
+)
 from imageport.records import Image, ImageStatus, Task, TaskStatus
 
 router = APIRouter(prefix="/v2/images", tags=["imports"])
@@ -169,7 +173,7 @@ def _request(
     elif name == "glance-download":
         fields.update(_remote(ctx, image, method))
     else:  # glance-direct: the staged upload, found by the image id
-        if not uploads.has_upload(ctx.settings, ctx.services.staging, image.id):
+        if not has_upload(ctx.settings, ctx.services.staging, image.id):
             raise conflict(f"image {image.id} has no staged data: PUT /stage first")
         fields["source"] = image.id
     fields.setdefault("disk_format", image.disk_format)
@@ -190,8 +194,8 @@ def _remote(ctx: ApiContext, image: Image, method: dict[str, Any]) -> dict[str, 
         raise bad_request("glance-download needs method.glance_image_id and method.glance_region")
     if interface is not None and not isinstance(interface, str):
         raise bad_request("method.glance_service_interface must be a string")
-    endpoint = glance_download.resolve_endpoint(ctx.settings, region, interface)
-    record = glance_download.remote_image(ctx.settings, endpoint, remote_id)
+    endpoint = resolve_endpoint(ctx.settings, region, interface)
+    record = remote_image(ctx.settings, endpoint, remote_id)
     disk_format = image.disk_format or record.get("disk_format")
     container_format = image.container_format or record.get("container_format")
     if not (disk_format and container_format):

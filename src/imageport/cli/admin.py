@@ -17,11 +17,9 @@ from imageport.cli.common import (
 from imageport.cli.jobs import Enqueuer
 from imageport.cli.progress import wait_for_task
 from imageport.errors import InvalidRequest
-from imageport.pipeline.activation import IMPORTING_TO_STORES
-from imageport.pipeline.context import Services
-from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.runner import run_import, stages_for
+from imageport.pipeline import ImportRequest, Services, run_import, stage_names
 from imageport.records import ImageStatus, TaskStatus, repository
+from imageport.records.reserved import IMPORTING_TO_STORES
 from imageport.workers.reaper import reap
 from imageport.workers.supervisor import supervise
 
@@ -138,7 +136,7 @@ def _reopen(svc: Services, task_id: str, from_stage: str | None) -> None:
         task = repository.get_task(session, task_id)
         if task.status != TaskStatus.FAILURE:
             raise InvalidRequest(f"only failed tasks can be retried; {task_id} is {task.status}")
-        names = stage_names(task.input)
+        names = task_stage_names(task.input)
         if from_stage is not None and from_stage not in names:
             raise InvalidRequest(f"unknown stage {from_stage!r}; stages: {', '.join(names)}")
         assert task.image_id is not None  # noqa: S101 - import tasks always have an image
@@ -160,7 +158,6 @@ def _reopen(svc: Services, task_id: str, from_stage: str | None) -> None:
         task.expires_at = None
 
 
-def stage_names(task_input: dict[str, object]) -> list[str]:
+def task_stage_names(task_input: dict[str, object]) -> list[str]:
     """The stage names of a recorded task input, in order."""
-    request = ImportRequest.model_validate(task_input["request"])
-    return [str(module.NAME) for module in stages_for(request)]
+    return stage_names(ImportRequest.model_validate(task_input["request"]))

@@ -14,7 +14,7 @@ from rich.markup import escape
 from imageport.config import Settings, load_settings
 from imageport.errors import ConfigurationError, InvalidRequest, NotFound, PipelineError
 from imageport.logging import configure_logging
-from imageport.pipeline.context import Services
+from imageport.pipeline import Services
 
 #: Progress and errors go to stderr, so stdout carries only the requested output.
 err_console = Console(stderr=True)

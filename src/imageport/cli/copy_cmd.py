@@ -12,7 +12,7 @@ from imageport.cli.common import (
     settings,
 )
 from imageport.cli.jobs import run_job
-from imageport.pipeline.copy_image import submit_copy
+from imageport.pipeline import submit_copy
 
 
 def copy_command(

@@ -16,8 +16,7 @@ from imageport.cli.common import (
 from imageport.cli.jobs import run_job
 from imageport.config import DISK_FORMATS
 from imageport.errors import InvalidRequest
-from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import submit_import
+from imageport.pipeline import ImportRequest, submit_import
 
 
 def import_command(

@@ -9,8 +9,7 @@ import typer
 from imageport.cli.common import EXIT_FAILED, print_json, report_error
 from imageport.cli.progress import wait_for_task
 from imageport.cli.show import render_image
-from imageport.pipeline.context import Services
-from imageport.pipeline.submit import Submitted
+from imageport.pipeline import Services, Submitted
 from imageport.records import ImageStatus, TaskStatus, repository, serialize
 from imageport.workers.actors import Actors, declare_actors
 from imageport.workers.broker import build_broker

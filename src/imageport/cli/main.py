@@ -20,8 +20,7 @@ from imageport.cli.copy_cmd import copy_command
 from imageport.cli.imports import import_command
 from imageport.cli.show import images_app, tasks_app
 from imageport.cli.stores_cmd import stores_app
-from imageport.pipeline.check import check_file
-from imageport.pipeline.context import Services
+from imageport.pipeline import Services, check_file
 
 app = typer.Typer(
     help="imageport: the import and conversion pipeline of an Image API v2 service.",

@@ -15,7 +15,7 @@ from rich.progress import (
 )
 
 from imageport.cli.common import err_console
-from imageport.pipeline.context import Services
+from imageport.pipeline import Services
 from imageport.records import TaskStatus, repository
 
 POLL_INTERVAL = 0.25  # seconds between two reads of the task's stage runs

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imageport.cli.common import errors_to_exit, print_json, services, settings
-from imageport.pipeline.deletion import delete_image
+from imageport.pipeline import delete_image
 from imageport.records import repository, serialize
 
 images_app = typer.Typer(help="List and show image records.", no_args_is_help=True)

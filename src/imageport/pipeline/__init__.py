@@ -1,1 +1,65 @@
-"""The import pipeline: stages as plain functions over a job context, and their runner."""
+"""The import pipeline: the job engine, and the rooms it draws on.
+
+The engine sits here — :mod:`.runner` (walks a job's stages under its lease),
+:mod:`.heartbeat`, :mod:`.context` (the job context and the services it is given),
+:mod:`.request`, :mod:`.outputs` (typed stage outputs), :mod:`.observer` — and its rooms are:
+
+``stages/``
+    one module per stage, each behind the :class:`~.stages.base.Stage` protocol;
+``methods/``
+    what each import method and admin action does: submit, uploads, copy-image,
+    glance-download, deletion, the ``inspect`` check;
+``data/``
+    the byte path: sources, the one-pass scan, decompression, hashing, holes, fan-out to
+    stores, the staging area, free space;
+``safety/``
+    the format inspector and its checks, qemu-img's second opinion, the qemu-img sandbox (the
+    only place qemu-img starts), the URL policy and address pinning.
+
+The names below are what the API, the CLI and the workers use; nothing outside this package
+reaches into its rooms.
+"""
+
+from __future__ import annotations
+
+from imageport.pipeline.context import Services
+from imageport.pipeline.data.scan import coalesce
+from imageport.pipeline.data.staging_area import upload_names
+from imageport.pipeline.methods.check import check_file
+from imageport.pipeline.methods.copy_image import submit_copy
+from imageport.pipeline.methods.deletion import delete_image
+from imageport.pipeline.methods.glance_download import remote_image, resolve_endpoint
+from imageport.pipeline.methods.submit import Submitted, import_existing, submit_import
+from imageport.pipeline.methods.uploads import UPLOADS, discard_upload, has_upload, receive_upload
+from imageport.pipeline.observer import JobObserver, NullObserver
+from imageport.pipeline.request import ImportRequest
+from imageport.pipeline.runner import Outcome, context_of, fail_import, run_import
+from imageport.pipeline.safety.urlpolicy import parse_url
+from imageport.pipeline.stages import stage_names
+
+__all__ = [
+    "UPLOADS",
+    "ImportRequest",
+    "JobObserver",
+    "NullObserver",
+    "Outcome",
+    "Services",
+    "Submitted",
+    "check_file",
+    "coalesce",
+    "context_of",
+    "delete_image",
+    "discard_upload",
+    "fail_import",
+    "has_upload",
+    "import_existing",
+    "parse_url",
+    "receive_upload",
+    "remote_image",
+    "resolve_endpoint",
+    "run_import",
+    "stage_names",
+    "submit_copy",
+    "submit_import",
+    "upload_names",
+]

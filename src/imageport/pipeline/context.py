@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import httpcore
 import httpx
@@ -16,16 +16,26 @@ from sqlalchemy.orm import Session
 
 from imageport.config import Settings
 from imageport.errors import JobInterrupted
-from imageport.pipeline.pinning import PinnedTransport
-from imageport.pipeline.qemu import Limits, QemuImg
+from imageport.pipeline.data.staging_area import StagingArea
+from imageport.pipeline.observer import JobObserver, NullObserver
+from imageport.pipeline.outputs import StageOutput
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.stagingarea import StagingArea
-from imageport.pipeline.urlpolicy import Resolver, UrlPolicy, system_resolver
+from imageport.pipeline.safety.pinning import PinnedTransport
+from imageport.pipeline.safety.qemu import Limits, QemuImg
+from imageport.pipeline.safety.urlpolicy import Resolver, UrlPolicy, system_resolver
 from imageport.records import Database, leases
 from imageport.stores import Store, build_staging_store, build_stores
 
-#: Reports bytes done and, when known, bytes total; returns False when the job must stop.
-Progress = Callable[[int, int | None], bool]
+#: Reports bytes done and, when known, bytes total. Raises
+#: :class:`~imageport.errors.JobInterrupted` when the job must stop (cancel, shutdown, a lost
+#: lease, a stall); every loop of a stage calls it, so the stop reaches the stage at once.
+Progress = Callable[[int, int | None], None]
+
+#: The names of a job's files in its private directories.
+STAGED_NAME = "source"  # the staged source, in the task's staging directory
+CONVERTED_NAME = "converted"  # the conversion output, in the task's scratch directory
+
+OutputT = TypeVar("OutputT", bound=StageOutput)
 
 
 @dataclass
@@ -41,6 +51,8 @@ class Services:
     staging: StagingArea
     #: Monotonic time after which running jobs must checkpoint and stop (set on SIGTERM).
     shutdown_at: float | None = None
+    #: Told about every job, stage, retry and takeover (worker processes count them).
+    observer: JobObserver = field(default_factory=NullObserver)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, db: Database | None = None) -> Services:
@@ -120,14 +132,36 @@ class JobContext:
     image_id: str
     request: ImportRequest
     settings: Settings
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    progress: Progress = field(default=lambda _done, _total: True)
+    #: The outputs of the stages finished so far, by stage name.
+    outputs: dict[str, StageOutput] = field(default_factory=dict)
+    progress: Progress = field(default=lambda _done, _total: None)
     #: The lease owner running the job; every record the job writes is fenced by it.
     owner: str | None = None
     #: Whether an admin had asked to cancel when the job was picked up (read with the lease).
     cancel_requested: bool = False
     #: The last attempt number of each stage so far (the lease holder numbers new runs).
     attempts: dict[str, int] = field(default_factory=dict)
+
+    def output(self, kind: type[OutputT]) -> OutputT:
+        """The recorded output of the stage that produces ``kind``.
+
+        Raises:
+            LookupError: that stage has not finished (a bug in the stage order).
+        """
+        found = self.maybe_output(kind)
+        if found is None:
+            raise LookupError(f"stage {kind.STAGE} has no {kind.__name__} for this job")
+        return found
+
+    def maybe_output(self, kind: type[OutputT]) -> OutputT | None:
+        """The recorded output of the stage that produces ``kind``, or None."""
+        found = self.outputs.get(kind.STAGE)
+        return found if isinstance(found, kind) else None
+
+    @property
+    def target_store_ids(self) -> list[str]:
+        """The stores this job writes to: the request's, else the default store."""
+        return list(self.request.stores) or [self.settings.default_store]
 
     def next_attempt(self, stage: str) -> int:
         """Count one more attempt at ``stage`` and return its number."""
@@ -157,3 +191,13 @@ class JobContext:
     def scratch_dir(self) -> Path:
         """This task's private scratch directory for conversion output."""
         return self.settings.resolved_scratch_dir / self.task_id
+
+    @property
+    def staged_path(self) -> Path:
+        """The staged file (its directory may be on another host than the one recorded)."""
+        return self.work_dir / STAGED_NAME
+
+    @property
+    def converted_path(self) -> Path:
+        """The conversion output, in this host's scratch directory."""
+        return self.scratch_dir / CONVERTED_NAME

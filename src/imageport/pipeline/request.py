@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imageport.config import CONTAINER_FORMATS, DISK_FORMATS
 from imageport.errors import InvalidRequest
-from imageport.pipeline.hashing import check_md5, parse_hash_spec
+from imageport.pipeline.data.hashing import check_md5, parse_hash_spec
 
 #: Import methods: a path on the worker's host, an http(s) URL, bytes already staged by the API
 #: (glance-direct: ``source`` is the image id), an active image to more stores, or another

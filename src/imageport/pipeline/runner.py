@@ -16,8 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import DBAPIError
@@ -28,50 +26,23 @@ from imageport.errors import (
     DatabaseUnavailable,
     JobInterrupted,
     PipelineError,
+    ShutDown,
     StagingLost,
     Stalled,
+    StoreCopyFailed,
     TransientError,
 )
-from imageport.pipeline import (
-    activation,
-    conversion,
-    copying,
-    inspection,
-    staging,
-    verification,
-)
-from imageport.pipeline.activation import FAILED_IMPORT, IMPORTING_TO_STORES, remove_work_dirs
+from imageport.pipeline.completion import remove_work_dirs
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.heartbeat import Heartbeat
+from imageport.pipeline.outputs import StageOutput, StoredCopies
 from imageport.pipeline.request import ImportRequest
+from imageport.pipeline.stages import Stage, stages_for
 from imageport.records import ImageStatus, StageStatus, TaskStatus, leases, repository
+from imageport.records.reserved import FAILED_IMPORT, IMPORTING_TO_STORES
 from imageport.records.states import IN_FLIGHT
-from imageport.workers import metrics
 
 log = structlog.get_logger(__name__)
-
-#: The stages of an import, in order. Each module has ``NAME`` and ``run(ctx, services)``, and
-#: may have ``still_valid(ctx, output)`` telling whether its durable output survived.
-STAGES: tuple[ModuleType, ...] = (
-    staging,
-    verification,
-    inspection,
-    conversion,
-    copying,
-    activation,
-)
-STAGE_NAMES = tuple(m.NAME for m in STAGES)
-
-
-def stages_for(request: ImportRequest) -> tuple[ModuleType, ...]:
-    """The stage modules an import method walks through."""
-    if request.method == "copy-image":
-        from imageport.pipeline import copy_image  # noqa: PLC0415 - only copy jobs need it
-
-        stages: tuple[ModuleType, ...] = copy_image.STAGES
-        return stages
-    return STAGES
-
 
 RETRY_BASE_DELAY = 2.0  # seconds before the first retry of a transient failure
 RETRY_MAX_DELAY = 300.0  # seconds; the backoff never waits longer than this
@@ -113,7 +84,7 @@ def run_import(services: Services, task_id: str, *, owner: str | None = None) ->
         log.info("delivery dropped", task_id=task_id, holder=acquired.holder, status=status)
         return Outcome(status, dropped=not finished)
     if acquired.takeover:
-        metrics.TAKEOVERS.inc()
+        services.observer.lease_taken_over()
         log.info("lease taken over", task_id=task_id)
     outcome: Outcome | None = None
     try:
@@ -134,11 +105,11 @@ def _run_leased(services: Services, ctx: JobContext, owner: str) -> Outcome:
     task_id = ctx.task_id
     structlog.contextvars.bind_contextvars(task_id=task_id, image_id=ctx.image_id)
     started = time.monotonic()
-    metrics.IN_FLIGHT.inc()
+    services.observer.job_started()
     try:
         outcome = _walk(ctx, services, owner)
     finally:
-        metrics.IN_FLIGHT.dec()
+        services.observer.job_ended()
         structlog.contextvars.unbind_contextvars("task_id", "image_id", "stage")
     log.info(
         "job summary",
@@ -164,8 +135,8 @@ def _walk(ctx: JobContext, services: Services, owner: str) -> Outcome:
 
 
 def _walk_stages(ctx: JobContext, services: Services, owner: str) -> Outcome:
-    stage_name = stages_for(ctx.request)[0].NAME
-    to_run: Sequence[ModuleType] = ()
+    stage_name = stages_for(ctx.request)[0].name
+    to_run: Sequence[Stage] = ()
     try:
         # _begin just renewed the lease and read the cancel flag: no first tick needed.
         with Heartbeat(services, ctx.task_id, owner, cancelled=ctx.cancel_requested) as heartbeat:
@@ -177,11 +148,11 @@ def _walk_stages(ctx: JobContext, services: Services, owner: str) -> Outcome:
             # Stages done earlier are skipped: a later stage's durable output supersedes them.
             to_run = stages[resume_at:]
             run_id: int | None = None
-            for index, module in enumerate(to_run):
-                stage_name = module.NAME
+            for index, stage in enumerate(to_run):
+                stage_name = stage.name
                 structlog.contextvars.bind_contextvars(stage=stage_name)
-                following = to_run[index + 1].NAME if index + 1 < len(to_run) else None
-                run_id = _run_stage(ctx, services, module, heartbeat, run_id, following)
+                following = to_run[index + 1].name if index + 1 < len(to_run) else None
+                run_id = _run_stage(ctx, services, stage, heartbeat, run_id, following)
     except JobInterrupted as stop:
         return _interrupted(ctx, services, stage_name, stop)
     except PipelineError as exc:
@@ -194,9 +165,11 @@ def _walk_stages(ctx: JobContext, services: Services, owner: str) -> Outcome:
         return _handle_failure(ctx, services, stage_name, lost)
     except Exception as exc:  # a bug must still end in a recorded state, never a stuck image
         log.exception("stage crashed", stage=stage_name)
+        # The task message is for administrators (tasks show): the exception's type and
+        # text say where to look; the traceback is in the worker's log.
         wrapped = PipelineError(f"internal error in stage {stage_name}: {exc!r}")
         return _handle_failure(ctx, services, stage_name, wrapped)
-    metrics.IMPORTS.labels(outcome="success", code="").inc()
+    services.observer.import_finished("success", "")
     # The last stage's outcome transaction gave the lease up (when a stage ran at all).
     return Outcome(TaskStatus.SUCCESS, released=bool(to_run))
 
@@ -212,9 +185,11 @@ def context_of(services: Services, task_id: str) -> JobContext:
             request=ImportRequest.model_validate(task.input["request"]),
             settings=services.settings,
         )
+        by_name = {s.name: s for s in stages_for(ctx.request)}
         for name, run in repository.latest_stage_runs(session, task_id).items():
-            if run.status in (StageStatus.DONE, StageStatus.SKIPPED) and run.output is not None:
-                ctx.outputs[name] = dict(run.output)
+            reusable = run.status in (StageStatus.DONE, StageStatus.SKIPPED)
+            if reusable and run.output is not None and name in by_name:
+                ctx.outputs[name] = by_name[name].output_type.model_validate(run.output)
     return ctx
 
 
@@ -236,19 +211,22 @@ def _begin(session: Session, services: Services, task_id: str, owner: str) -> Jo
         owner=owner,
         cancel_requested=bool(task.cancel_requested),
     )
-    names = [m.NAME for m in stages_for(request)]
+    stages = stages_for(request)
+    names = [s.name for s in stages]
     # An admin retry --from-stage S re-runs S and everything after it.
     keep = names[: names.index(task.restart_stage)] if task.restart_stage in names else names
     task.restart_stage = None
+    by_name = {s.name: s for s in stages}
     for name, run in repository.latest_stage_runs(session, task_id).items():
         ctx.attempts[name] = run.attempt
         reusable = run.status in (StageStatus.DONE, StageStatus.SKIPPED)
         if reusable and run.output is not None and name in keep:
-            ctx.outputs[name] = dict(run.output)
+            # The JSON boundary: a recorded output becomes its stage's typed output again.
+            ctx.outputs[name] = by_name[name].output_type.model_validate(run.output)
     return ctx
 
 
-def _resume_point(ctx: JobContext, services: Services, stages: Sequence[ModuleType]) -> int:
+def _resume_point(ctx: JobContext, services: Services, stages: Sequence[Stage]) -> int:
     """Index of the first stage to run: just after the last finished stage still intact.
 
     Looking from the end means a job killed after its copy finished only activates, even if
@@ -256,52 +234,44 @@ def _resume_point(ctx: JobContext, services: Services, stages: Sequence[ModuleTy
     stage run again, since their outputs were computed from bytes that may differ now.
     """
     valid: list[bool] = []
-    for module in stages:
-        output = ctx.outputs.get(module.NAME)
-        still_valid: Callable[[JobContext, Services, dict[str, Any]], bool] | None = getattr(
-            module, "still_valid", None
-        )
-        if output is None:
+    for stage in stages:
+        if stage.name not in ctx.outputs:
             valid.append(False)
-        elif still_valid is not None:
-            valid.append(still_valid(ctx, services, output))
-        else:
-            # A stage without files of its own (verify, inspect) is as good as the one before.
-            valid.append(valid[-1] if valid else True)
+            continue
+        intact = stage.still_valid(ctx, services)
+        # A stage without files of its own (verify, inspect) is as good as the one before.
+        valid.append((valid[-1] if valid else True) if intact is None else intact)
     return max((i + 1 for i, ok in enumerate(valid) if ok), default=0)
 
 
 def _restore_inputs(
     ctx: JobContext,
     services: Services,
-    stages: Sequence[ModuleType],
+    stages: Sequence[Stage],
     resume_at: int,
     heartbeat: Heartbeat,
 ) -> int:
     """Fetch the files the first stage to run reads, when this host lacks them.
 
-    The nearest finished stage with a ``restore`` hook made them (inspect and convert read the
-    staged file, copy reads the conversion's output): with remote staging a job taken over on
-    another host fetches them from there. Returns where to resume: 0 (stage again) when they
-    are lost after all.
+    The nearest finished stage that has files of its own made them (inspect and convert read
+    the staged file, copy reads the conversion's output): with remote staging a job taken over
+    on another host fetches them from there. Returns where to resume: 0 (stage again) when
+    they are lost after all.
     """
-    for module in reversed(stages[:resume_at]):
-        restore: Callable[..., None] | None = getattr(module, "restore", None)
-        if restore is None:
-            continue
+    for stage in reversed(stages[:resume_at]):
         try:
-            restore(ctx, services, ctx.outputs[module.NAME], heartbeat.beat)
+            if stage.restore(ctx, services, heartbeat.beat):
+                break
         except StagingLost as exc:
             log.warning("staged data lost; staging again", error=str(exc))
             return 0
-        break
     return resume_at
 
 
 def _run_stage(
     ctx: JobContext,
     services: Services,
-    module: ModuleType,
+    stage: Stage,
     heartbeat: Heartbeat,
     run_id: int | None,
     following: str | None,
@@ -311,7 +281,7 @@ def _run_stage(
     ``run_id`` is the stage's run row when the previous stage's outcome transaction started
     it already; a success starts the ``following`` stage's row the same way, and returns it.
     """
-    name: str = module.NAME
+    name = stage.name
     ctx.outputs.pop(name, None)
     if run_id is None:
         with services.db.session() as session:
@@ -320,10 +290,10 @@ def _run_stage(
     ctx.progress = writer
     started = time.monotonic()
     try:
-        output: dict[str, Any] = module.run(ctx, services)
+        output = stage.run(ctx, services)
     except JobInterrupted as stop:
         if stop.reason != JobInterrupted.LEASE_LOST:  # the new holder owns the records now
-            _finish(ctx, writer, StageStatus.FAILED, None, PipelineError(stop.reason))
+            _finish(ctx, writer, StageStatus.FAILED, None, _interruption(services, name, stop))
         raise
     except PipelineError as exc:
         _finish(ctx, writer, StageStatus.FAILED, None, exc)
@@ -332,13 +302,11 @@ def _run_stage(
         _finish(ctx, writer, StageStatus.FAILED, None, PipelineError(repr(exc)))
         raise
     heartbeat.check()  # a job that lost its lease must not record a result
-    status = StageStatus.SKIPPED if output.get("skipped") else StageStatus.DONE
+    status = StageStatus.SKIPPED if output.was_skipped() else StageStatus.DONE
     ctx.outputs[name] = output
     next_run = _finish(ctx, writer, status, output, None, following=following)
     seconds = time.monotonic() - started
-    metrics.STAGE_SECONDS.labels(stage=name).observe(seconds)
-    if writer.done:
-        metrics.BYTES.labels(stage=name).inc(writer.done)
+    services.observer.stage_finished(name, seconds, writer.done)
     log.info("stage finished", stage=name, status=status, seconds=round(seconds, 3))
     return next_run
 
@@ -347,7 +315,7 @@ def _finish(
     ctx: JobContext,
     writer: _ProgressWriter,
     status: StageStatus,
-    output: dict[str, Any] | None,
+    output: StageOutput | None,
     error: PipelineError | None,
     *,
     following: str | None = None,
@@ -364,7 +332,7 @@ def _finish(
             session,
             writer.run_id,
             status=status,
-            output=output,
+            output=None if output is None else output.as_json(),
             error_code=error.code if error else None,
             error_message=error.message if error else None,
         )
@@ -399,7 +367,7 @@ class _ProgressWriter:
         """Bytes done so far."""
         return self._state[0] if self._state else 0
 
-    def __call__(self, done: int, total: int | None) -> bool:
+    def __call__(self, done: int, total: int | None) -> None:
         # Raises JobInterrupted when the job must stop: every stage's loop passes through here.
         self._heartbeat.beat()
         self._state = (done, total)
@@ -407,7 +375,6 @@ class _ProgressWriter:
         if now - self._last >= self._interval:
             self._last = now
             self.flush()
-        return True
 
     def flush(self, session: Session | None = None) -> None:
         """Write the latest numbers if they changed (in ``session``, else in a new one)."""
@@ -431,7 +398,7 @@ def _handle_failure(ctx: JobContext, services: Services, stage: str, exc: Pipeli
         attempts = repository.get_task(session, ctx.task_id).attempts
     if isinstance(exc, TransientError) and attempts < services.settings.max_attempts:
         delay = _backoff(attempts)
-        metrics.RETRIES.inc()
+        services.observer.retry_scheduled()
         _requeue(
             ctx,
             services,
@@ -451,16 +418,23 @@ def _interrupted(ctx: JobContext, services: Services, stage: str, stop: JobInter
         log.warning("lease lost; leaving the job to its new holder", stage=stage)
         return Outcome(TaskStatus.PROCESSING, dropped=True)
     if stop.reason == JobInterrupted.CANCELLED:
-        fail_import(ctx, services, stage, Cancelled("the import was cancelled by an administrator"))
+        fail_import(ctx, services, stage, _interruption(services, stage, stop))
         return Outcome(TaskStatus.FAILURE)
     if stop.reason == JobInterrupted.STALLED:
-        stalled = Stalled(
-            f"no progress for {services.settings.stall_timeout_seconds:.0f}s in stage {stage}"
-        )
-        return _handle_failure(ctx, services, stage, stalled)
+        return _handle_failure(ctx, services, stage, _interruption(services, stage, stop))
     # Shutdown: the finished stages are durable; the next worker continues from here.
     _requeue(ctx, services, f"worker shut down during stage {stage}; requeued")
     return Outcome(TaskStatus.PENDING, retry_in=0.0)
+
+
+def _interruption(services: Services, stage: str, stop: JobInterrupted) -> PipelineError:
+    """The error a stop is recorded as, on the stage run and (cancel, stall) on the task."""
+    if stop.reason == JobInterrupted.CANCELLED:
+        return Cancelled("the import was cancelled by an administrator")
+    if stop.reason == JobInterrupted.STALLED:
+        stall = services.settings.stall_timeout_seconds
+        return Stalled(f"no progress for {stall:.0f}s in stage {stage}")
+    return ShutDown(f"the worker shut down during stage {stage}; another worker continues")
 
 
 def _requeue(
@@ -496,22 +470,23 @@ def _backoff(attempt: int) -> float:
 def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineError) -> None:
     """Remove every byte the import wrote, put the image back to queued, fail the task."""
     remove_work_dirs(ctx, services)
-    stores = copying.target_store_ids(ctx)
+    stores = ctx.target_store_ids
     for store_id in stores:
         store = services.stores.get(store_id)
         if store is not None:
             _best_effort(store.discard_partial, ctx.image_id)
-    metrics.IMPORTS.labels(outcome="failure", code=exc.code).inc()
+    services.observer.import_finished("failure", exc.code)
     copy_job = ctx.request.method == "copy-image"
-    failed = list(getattr(exc, "failed_stores", None) or stores)
+    named = exc.failed_stores if isinstance(exc, StoreCopyFailed) else None
+    failed = list(named or stores)
     with services.db.session() as session:
         ctx.fence(session)
         image = repository.get_image(session, ctx.image_id)
-        copied = ctx.outputs.get("copy")
+        copied = ctx.maybe_output(StoredCopies)
         # Copies written by this job and not yet recorded as locations are orphans: remove.
         if copied and (copy_job or image.status != ImageStatus.ACTIVE):
-            for loc in copied["locations"]:
-                _best_effort(services.stores[loc["store_id"]].delete, loc["url"])
+            for loc in copied.locations:
+                _best_effort(services.stores[loc.store_id].delete, loc.url)
         if image.status in IN_FLIGHT:
             repository.set_image_status(
                 session, ctx.image_id, expected=IN_FLIGHT, new=ImageStatus.QUEUED

@@ -12,8 +12,7 @@ from typing import Any
 
 import dramatiq
 
-from imageport.pipeline.context import Services
-from imageport.pipeline.runner import run_import
+from imageport.pipeline import Services, run_import
 
 IMPORT_QUEUE = "imports"
 IMPORT_ACTOR = "run_import"

@@ -7,7 +7,7 @@ from typing import Self
 
 import dramatiq
 
-from imageport.pipeline.context import Services
+from imageport.pipeline import Services
 from imageport.workers.actors import Actors, declare_actors
 from imageport.workers.broker import build_broker
 

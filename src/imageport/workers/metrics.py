@@ -27,3 +27,37 @@ TAKEOVERS = Counter(
     "imageport_lease_takeovers_total", "Jobs taken over from a worker whose lease expired"
 )
 REAPED = Counter("imageport_reaped_total", "Jobs the reaper requeued or failed", ["action"])
+
+
+class PrometheusObserver:
+    """The pipeline's :class:`~imageport.pipeline.observer.JobObserver` for worker processes."""
+
+    def job_started(self) -> None:
+        """One more job in flight."""
+        IN_FLIGHT.inc()
+
+    def job_ended(self) -> None:
+        """One job fewer in flight."""
+        IN_FLIGHT.dec()
+
+    def import_finished(self, outcome: str, code: str) -> None:
+        """Count a finished import by outcome and error code."""
+        IMPORTS.labels(outcome=outcome, code=code).inc()
+
+    def stage_finished(self, stage: str, seconds: float, bytes_done: int) -> None:
+        """Observe a stage's duration and count its bytes."""
+        STAGE_SECONDS.labels(stage=stage).observe(seconds)
+        if bytes_done:
+            BYTES.labels(stage=stage).inc(bytes_done)
+
+    def retry_scheduled(self) -> None:
+        """Count a scheduled retry."""
+        RETRIES.inc()
+
+    def lease_taken_over(self) -> None:
+        """Count a lease takeover."""
+        TAKEOVERS.inc()
+
+    def reaped(self, action: str, count: int) -> None:
+        """Count jobs the reaper requeued or failed."""
+        REAPED.labels(action=action).inc(count)

@@ -17,9 +17,10 @@ import structlog
 
 from imageport.config import load_settings
 from imageport.logging import configure_logging
-from imageport.pipeline.context import Services
+from imageport.pipeline import Services
 from imageport.workers.actors import IMPORT_QUEUE, declare_actors
 from imageport.workers.broker import build_broker
+from imageport.workers.metrics import PrometheusObserver
 from imageport.workers.reaper import reap
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,7 @@ def run_worker_process(threads: int, queues: Sequence[str]) -> int:
     settings = load_settings()
     configure_logging(settings)
     services = Services.from_settings(settings)
+    services.observer = PrometheusObserver()  # this process's samples, served by the group
     broker = build_broker(settings)
     actors = declare_actors(broker, lambda: services)
     worker = dramatiq.Worker(

@@ -21,11 +21,9 @@ from datetime import timedelta
 import structlog
 
 from imageport.errors import PipelineError, StateError, TransientError
-from imageport.pipeline.context import Services
-from imageport.pipeline.runner import context_of, fail_import
+from imageport.pipeline import Services, context_of, fail_import
 from imageport.records import TaskStatus, leases, repository
 from imageport.records.base import utcnow
-from imageport.workers import metrics
 from imageport.workers.sweeper import sweep_local
 
 log = structlog.get_logger(__name__)
@@ -83,7 +81,7 @@ def reap(services: Services, enqueue: Callable[[str], None]) -> ReapReport:
     report.swept = sweep_local(services)
     for action, ids in report.as_dict().items():
         if ids:
-            metrics.REAPED.labels(action=action).inc(len(ids))
+            services.observer.reaped(action, len(ids))
             log.info("reaper pass", action=action, tasks=ids)
     return report
 

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from imageport.pipeline.context import Services
-from imageport.pipeline.stagingarea import upload_names
-from imageport.pipeline.uploads import UPLOADS
+from imageport.pipeline import UPLOADS, Services, upload_names
 from imageport.records import Image, Task, TaskStatus
 from imageport.records.states import RECEIVING
 

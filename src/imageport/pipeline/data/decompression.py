@@ -25,7 +25,7 @@ from typing import Protocol
 import zstandard
 
 from imageport.errors import SizeLimitExceeded, UnsafeImage
-from imageport.pipeline.zstdframes import ZstdFrames
+from imageport.pipeline.data.zstdframes import ZstdFrames
 
 #: Magic bytes at offset 0 of each compression we undo (RFC 1952, RFC 8878, xz file format).
 MAGICS: dict[str, bytes] = {

@@ -1,7 +1,7 @@
 """Bytes uploaded through the API (``PUT /stage`` and ``PUT /file``), staged and scanned once.
 
 The API streams an upload into ``<staging>/uploads/<image id>/source`` through the same
-single-pass :func:`imageport.pipeline.staging.scan` a worker uses (count and cap, MD5 and
+single-pass :func:`imageport.pipeline.data.scan.scan` a worker uses (count and cap, MD5 and
 multihash, decompression, stream inspection, zero runs left as holes) and records the scan
 result beside it. When the import runs, its ``stage`` step :func:`adopt` s the upload: it
 renames the file and the scan result into the task's staging directory (same file system, no
@@ -16,19 +16,19 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from imageport.config import Settings
 from imageport.errors import SourceNotFound
-from imageport.pipeline import staging
-from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.extents import data_runs, pwrite_all
-from imageport.pipeline.inspector import Verdict
-from imageport.pipeline.sources import file_chunks
-from imageport.pipeline.stagingarea import StagingArea, upload_names
+from imageport.pipeline.context import STAGED_NAME, JobContext, Services
+from imageport.pipeline.data.extents import data_runs, pwrite_all
+from imageport.pipeline.data.scan import ScanResult, scan
+from imageport.pipeline.data.sources import file_chunks
+from imageport.pipeline.data.space import check_space
+from imageport.pipeline.data.staging_area import StagingArea, upload_names
+from imageport.pipeline.outputs import StagedOutput
 
 UPLOADS = "uploads"  # directory under the staging dir; task directories are UUIDs, never this
-SOURCE_NAME = "source"  # the uploaded file (the same name the stage step gives its output)
+SOURCE_NAME = STAGED_NAME  # the uploaded file (the same name the stage step gives its output)
 SCAN_NAME = "scan.json"  # the recorded scan result, beside the upload
 ADOPTED_SCAN = "upload-scan.json"  # the scan result once moved into a task's directory
 
@@ -49,7 +49,7 @@ def has_upload(settings: Settings, staging_area: StagingArea, image_id: str) -> 
     return staging_area.exists(_remote_scan(image_id))
 
 
-def receive(
+def receive_upload(
     settings: Settings,
     staging_area: StagingArea,
     image_id: str,
@@ -57,7 +57,7 @@ def receive(
     *,
     disk_format: str | None,
     length: int | None,
-) -> dict[str, Any]:
+) -> ScanResult:
     """Stream ``chunks`` into the image's upload file in one scanning pass; return the scan.
 
     Args:
@@ -74,26 +74,26 @@ def receive(
         NoSpace: not enough room in staging.
     """
     folder = upload_dir(settings, image_id)
-    discard(settings, staging_area, image_id)  # a new upload replaces an interrupted one
+    discard_upload(settings, staging_area, image_id)  # a new upload replaces an interrupted one
     folder.mkdir(mode=0o700, parents=True)
     try:
-        staging.check_space(folder, length)
+        check_space(folder, length)
         scanned = _write(settings, folder / SOURCE_NAME, chunks, disk_format)
-        record = json.dumps({"declared": disk_format, **scanned}).encode()
+        record = json.dumps({"declared": disk_format, **scanned.model_dump(mode="json")}).encode()
         # Remote staging: the bytes first, the scan last; its presence marks a complete upload
         # for a worker on another host, as the local scan file does here.
         staging_area.publish(_remote_source(image_id), folder / SOURCE_NAME)
         staging_area.publish_bytes(_remote_scan(image_id), record)
         (folder / SCAN_NAME).write_bytes(record)
     except BaseException:
-        discard(settings, staging_area, image_id)
+        discard_upload(settings, staging_area, image_id)
         raise
     return scanned
 
 
 def _write(
     settings: Settings, target: Path, chunks: Iterator[memoryview], disk_format: str | None
-) -> dict[str, Any]:
+) -> ScanResult:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
 
@@ -102,16 +102,16 @@ def _write(
             for start, end in data_runs(chunk):
                 pwrite_all(fd, chunk[start:end], offset + start)
 
-        scanned = staging.scan(chunks, settings, declared=disk_format, extra_algo=None, sink=sink)
-        if not scanned["complete"]:
-            Verdict(**scanned["verdict"]).raise_if_rejected()
-        os.ftruncate(fd, scanned["disk_size"])
+        scanned = scan(chunks, settings, declared=disk_format, extra_algo=None, sink=sink)
+        if not scanned.complete:
+            scanned.verdict.raise_if_rejected()
+        os.ftruncate(fd, scanned.disk_size or 0)
     finally:
         os.close(fd)
     return scanned
 
 
-def discard(settings: Settings, staging_area: StagingArea, image_id: str) -> None:
+def discard_upload(settings: Settings, staging_area: StagingArea, image_id: str) -> None:
     """Remove the image's staged upload, if any (here and in remote staging)."""
     shutil.rmtree(upload_dir(settings, image_id), ignore_errors=True)
     staging_area.discard(*upload_names(image_id))
@@ -125,7 +125,7 @@ def _remote_scan(image_id: str) -> str:
     return upload_names(image_id)[1]
 
 
-def adopt(ctx: JobContext, services: Services) -> dict[str, Any]:
+def adopt(ctx: JobContext, services: Services) -> StagedOutput:
     """The glance-direct stage step: move the upload into the task's directory, reuse its scan.
 
     Idempotent: a resumed job finds the file already moved and reuses it. With remote staging
@@ -151,27 +151,28 @@ def adopt(ctx: JobContext, services: Services) -> dict[str, Any]:
         raise SourceNotFound(
             f"image {ctx.image_id} has no staged data: upload it again with PUT /stage"
         )
-    scanned: dict[str, Any] = json.loads(scan_file.read_text())
-    declared = scanned.pop("declared")
+    # The JSON boundary: the scan recorded when the upload arrived.
+    record = json.loads(scan_file.read_text())
+    declared = record.pop("declared")
+    scanned = ScanResult.model_validate(record)
     if declared != ctx.request.disk_format:
         # disk_format changed after the upload: inspect again against the new declaration.
         buffer = bytearray(ctx.settings.chunk_size)
-
-        again = staging.scan(
+        again = scan(
             file_chunks(target, buffer),
             ctx.settings,
             declared=ctx.request.disk_format,
             extra_algo=None,
         )
-        scanned["verdict"] = again["verdict"]
-    ctx.progress(scanned["size"] or 0, scanned["size"])  # done at once: the bytes are here
-    container = "bare" if scanned["compression"] else ctx.request.container_format
-    return {
-        "path": str(target),
-        "container_format": container,
-        "staged_url": remote_url,
-        **scanned,
-    }
+        scanned = scanned.model_copy(update={"verdict": again.verdict})
+    ctx.progress(scanned.size or 0, scanned.size)  # done at once: the bytes are here
+    container = "bare" if scanned.compression else ctx.request.container_format
+    return StagedOutput(
+        **scanned.model_dump(),
+        path=str(target),
+        container_format=container,
+        staged_url=remote_url,
+    )
 
 
 def _fetch_remote(

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from imageport.errors import PipelineError
+from imageport.errors import PipelineError, StoreCopyFailed
 from imageport.pipeline.context import Progress
-from imageport.pipeline.extents import Piece
-from imageport.pipeline.hashing import Digests, MultiHasher
+from imageport.pipeline.data.extents import Piece
+from imageport.pipeline.data.hashing import Digests, MultiHasher
 from imageport.stores import Store, StoredObject, StoreWriter
 
 POOL_BUFFERS = 4  # chunk buffers shared by the reader and all writers
@@ -237,3 +237,30 @@ class _Reader:
             n = min(length, len(self._zeros))
             self._hasher.update(self._zeros[:n])
             length -= n
+
+
+def settle_failures(
+    targets: Sequence[Store],
+    stored: list[StoredObject],
+    failed: dict[str, PipelineError],
+    *,
+    all_must_succeed: bool,
+) -> None:
+    """Keep the copies (best effort) or remove them all and raise (all or nothing).
+
+    Raises:
+        StoreUnavailable: a store failed and all must succeed, or every store failed.
+    """
+    if not failed:
+        return
+    if stored and not all_must_succeed:
+        return  # best effort: the failed stores are reported in os_glance_failed_import
+    by_id = {s.store_id: s for s in targets}
+    for obj in stored:
+        by_id[obj.store_id].delete(obj.url)  # all or nothing: remove the copies written
+    store_id, first = next(iter(failed.items()))
+    raise StoreCopyFailed(
+        f"store {store_id} failed: {first}; no copy was kept",
+        code=first.code,
+        failed_stores=sorted(failed),
+    ) from first

@@ -5,7 +5,7 @@ must be done with a chunk before asking for the next. httpx and OS errors are tr
 
 web-download goes through `http_stream` only, with a client from
 `imageport.pipeline.context.build_http_client`: its `PinnedTransport` checks every request's
-URL (SSRF policy in `imageport.pipeline.urlpolicy`) and connects only to the checked address.
+URL (SSRF policy in `imageport.pipeline.safety.urlpolicy`) and connects only to the checked address.
 This module follows redirects by hand, so each hop is one request the transport checks afresh.
 """
 
@@ -27,8 +27,8 @@ from imageport.errors import (
     SourceNotFound,
     SourceUnavailable,
 )
-from imageport.pipeline.pinning import DEADLINE_EXTENSION, PinnedTransport
-from imageport.pipeline.urlpolicy import parse_url
+from imageport.pipeline.safety.pinning import DEADLINE_EXTENSION, PinnedTransport
+from imageport.pipeline.safety.urlpolicy import parse_url
 
 DEFAULT_MAX_REDIRECTS = 5  # hops followed by hand for web-download (settings: http_max_redirects)
 

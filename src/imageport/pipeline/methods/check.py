@@ -8,14 +8,14 @@ from typing import Any
 
 from imageport.config import Settings
 from imageport.errors import HashMismatch, PermanentError
-from imageport.pipeline.decompression import MAGIC_LENGTH, detect
-from imageport.pipeline.extents import data_runs
-from imageport.pipeline.hashing import parse_hash_spec, same_digest
-from imageport.pipeline.inspection import ProbeMismatch, second_opinion
-from imageport.pipeline.inspector import Verdict
-from imageport.pipeline.qemu import QemuImg
-from imageport.pipeline.sources import file_chunks
-from imageport.pipeline.staging import scan
+from imageport.pipeline.data.decompression import MAGIC_LENGTH, detect
+from imageport.pipeline.data.extents import data_runs
+from imageport.pipeline.data.hashing import parse_hash_spec, same_digest
+from imageport.pipeline.data.scan import ScanResult, scan
+from imageport.pipeline.data.sources import file_chunks
+from imageport.pipeline.safety.inspector import Verdict
+from imageport.pipeline.safety.qemu import QemuImg
+from imageport.pipeline.safety.second_opinion import ProbeMismatch, second_opinion
 
 
 def check_file(
@@ -53,16 +53,16 @@ def check_file(
         except PermanentError as exc:  # a broken or nested compression, a cap
             result.update(reason_code=exc.code, message=exc.message)
             return result
-        verdict = Verdict(**scanned["verdict"])
+        verdict = scanned.verdict
         result["detected_format"] = verdict.detected_format
-        if not scanned["complete"]:  # refused from its first bytes
+        if not scanned.complete:  # refused from its first bytes
             result.update(reason_code=verdict.reason_code, message=verdict.message)
             return result
         return _judge(
             result,
             scanned,
             verdict,
-            disk if scanned["compression"] else path,
+            disk if scanned.compression else path,
             qemu,
             settings,
             (checksum, algo, expected),
@@ -76,7 +76,7 @@ def _scan(
     disk: Path,
     disk_format: str | None,
     algo: str | None,
-) -> dict[str, Any]:
+) -> ScanResult:
     """Scan ``path``; a compressed file's disk is written (sparse) to ``disk`` for qemu-img."""
     with path.open("rb") as probe:
         compressed = detect(probe.read(MAGIC_LENGTH)) is not None
@@ -92,13 +92,13 @@ def _scan(
         scanned = scan(
             file_chunks(path, buffer), settings, declared=disk_format, extra_algo=algo, sink=sink
         )
-        out.truncate(scanned["disk_size"] or 0)
+        out.truncate(scanned.disk_size or 0)
     return scanned
 
 
 def _judge(
     result: dict[str, Any],
-    scanned: dict[str, Any],
+    scanned: ScanResult,
     verdict: Verdict,
     disk: Path,
     qemu: QemuImg,
@@ -106,11 +106,11 @@ def _judge(
     declared: tuple[str | None, str | None, str | None],
 ) -> dict[str, Any]:
     result.update(
-        size=scanned["size"],
-        checksum=scanned["md5"],
-        os_hash_algo=scanned["hash_algo"],
-        os_hash_value=scanned["hash_value"],
-        compression=scanned["compression"],
+        size=scanned.size,
+        checksum=scanned.md5,
+        os_hash_algo=scanned.hash_algo,
+        os_hash_value=scanned.hash_value,
+        compression=scanned.compression,
     )
     try:
         _check_digests(scanned, *declared)
@@ -126,12 +126,11 @@ def _judge(
 
 
 def _check_digests(
-    scanned: dict[str, Any], checksum: str | None, algo: str | None, expected: str | None
+    scanned: ScanResult, checksum: str | None, algo: str | None, expected: str | None
 ) -> None:
-    if checksum is not None and not same_digest(checksum, scanned["md5"]):
-        raise HashMismatch(f"MD5 is {scanned['md5']}, not {checksum}: check the file")
+    if checksum is not None and not same_digest(checksum, scanned.md5 or ""):
+        raise HashMismatch(f"MD5 is {scanned.md5}, not {checksum}: check the file")
     if algo is not None and expected is not None:
-        actual = scanned["hash_value"] if algo == scanned["hash_algo"] else None
-        actual = actual or scanned["extra_hash"]["value"]
+        actual = scanned.digest(algo) or ""
         if not same_digest(expected, actual):
             raise HashMismatch(f"{algo} is {actual}, not {expected}: check the file")

@@ -1,24 +1,19 @@
 """The ``copy-image`` method: copy an active image to more stores, as a task.
 
-:func:`submit_copy` records the task; the runner walks :data:`STAGES` — ``copy`` (read one
+:func:`submit_copy` records the task; the runner walks
+:data:`imageport.pipeline.stages.COPY_IMAGE_STAGES` — ``copy`` (read one
 existing location once, write every new store, verify the hashes) and ``activate`` (add the new
 locations; the image stays ``active`` throughout).
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from imageport.errors import InvalidRequest
-from imageport.pipeline import registration, replication
-from imageport.pipeline.activation import FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO_STORES
 from imageport.pipeline.context import Services
+from imageport.pipeline.methods.submit import Submitted
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.submit import Submitted
 from imageport.records import Image, ImageStatus, repository
-
-#: The stages of a copy-image task, in order.
-STAGES: tuple[ModuleType, ...] = (replication, registration)
+from imageport.records.reserved import FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO_STORES
 
 
 def submit_copy(

@@ -28,7 +28,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from imageport.pipeline.urlpolicy import Resolver, UrlPolicy, VettedUrl, system_resolver, vet
+from imageport.pipeline.safety.urlpolicy import Resolver, UrlPolicy, VettedUrl, system_resolver, vet
 
 #: Request extension: the ``time.monotonic()`` instant after which no byte may be read.
 DEADLINE_EXTENSION = "imageport.deadline"

@@ -4,7 +4,7 @@ A URL is allowed when its scheme and port are in the allow-lists, it carries no 
 host is a DNS name or an IP literal in standard form, and *every* address the host resolves to
 is global unicast (or inside a network the operator allowed explicitly). The host is resolved
 once, here; the caller connects to the addresses returned in `VettedUrl` and nowhere else (see
-`imageport.pipeline.pinning`), so a second, different DNS answer can never be used.
+`imageport.pipeline.safety.pinning`), so a second, different DNS answer can never be used.
 
 Refusals are `InvalidRequest` errors whose ``code`` names the rule that failed:
 

@@ -1,4 +1,4 @@
-"""Stage ``inspect``: the stream inspector's verdict, then qemu-img's second opinion.
+"""qemu-img's second opinion on an image the stream inspector accepted.
 
 qemu-img only ever sees a file the inspector already accepted, always with ``-f``. Its JSON must
 agree with the inspector (format, no backing file, no data file, not encrypted, not corrupt, an
@@ -14,27 +14,9 @@ from typing import Any
 
 from imageport.config import Settings
 from imageport.errors import UnsafeImage
-from imageport.pipeline import staging
-from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.headers import virtual_size_problem
-from imageport.pipeline.inspector import Verdict
-from imageport.pipeline.qemu import QemuImg, qemu_format
-
-NAME = "inspect"
-
-
-def run(ctx: JobContext, services: Services) -> dict[str, Any]:
-    """Refuse unsafe or mislabelled images; return the detected format and virtual size.
-
-    Raises:
-        UnsafeImage: with the reason code of the failed check.
-    """
-    staged = ctx.outputs["stage"]
-    verdict = Verdict(**staged["verdict"])
-    verdict.raise_if_rejected()
-    path = staging.staged_path(ctx)
-    virtual_size = second_opinion(services.qemu, path, verdict, ctx.settings)
-    return {"detected_format": verdict.detected_format, "virtual_size": virtual_size}
+from imageport.pipeline.safety.headers import virtual_size_problem
+from imageport.pipeline.safety.inspector import Verdict
+from imageport.pipeline.safety.qemu import QemuImg, qemu_format
 
 
 class ProbeMismatch(UnsafeImage):

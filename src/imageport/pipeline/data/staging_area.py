@@ -24,7 +24,7 @@ from pathlib import Path
 import structlog
 
 from imageport.errors import PipelineError, SourceNotFound, StagingLost
-from imageport.pipeline.extents import data_runs, pwrite_all, read_extents
+from imageport.pipeline.data.extents import data_runs, pwrite_all, read_extents
 from imageport.stores.base import Store
 
 log = structlog.get_logger(__name__)

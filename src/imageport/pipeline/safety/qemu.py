@@ -59,13 +59,11 @@ class RunResult:
     stderr: bytes
 
 
-#: Called with the progress percentage while a long call runs; returns False to cancel.
-ProgressHook = Callable[[float], bool]
+#: Called with the progress percentage while a long call runs. To stop the call, it raises
+#: (the job's progress raises JobInterrupted on cancel or shutdown): qemu-img's process group
+#: is killed before the exception leaves :func:`run_limited`.
+ProgressHook = Callable[[float], None]
 Runner = Callable[[Sequence[str], Limits, ProgressHook | None], RunResult]
-
-
-class QemuCancelled(Exception):
-    """The progress hook asked to stop; qemu-img's process group was killed."""
 
 
 def run_limited(args: Sequence[str], limits: Limits, progress: ProgressHook | None) -> RunResult:
@@ -73,7 +71,7 @@ def run_limited(args: Sequence[str], limits: Limits, progress: ProgressHook | No
 
     Raises:
         QemuTimeout: the timeout passed; the process group was killed.
-        QemuCancelled: the progress hook returned False; the process group was killed.
+        BaseException: whatever the progress hook raised, after the process group was killed.
     """
     argv = [
         *network_sandbox(),
@@ -114,9 +112,8 @@ def run_limited(args: Sequence[str], limits: Limits, progress: ProgressHook | No
                 match = None
                 for match in _PROGRESS_RE.finditer(out):  # noqa: B007 - keep the last one
                     pass
-                if not progress(float(match.group(1)) if match else 0.0):
-                    _kill_group(proc)
-                    raise QemuCancelled
+                # A stop (cancel, shutdown) raises here; the finally clause kills the group.
+                progress(float(match.group(1)) if match else 0.0)
                 if len(out) > 4096:
                     del out[:-64]  # progress output grows forever; keep only the tail
             _wait_for_output(proc, _POLL_INTERVAL)

@@ -8,52 +8,66 @@ stay holes and are never read). The bytes are hashed once on the way and must ma
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from imageport.errors import HashMismatch, InvalidRequest, SourceNotFound
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.copying import settle_failures, target_store_ids
-from imageport.pipeline.extents import Piece, read_extents
-from imageport.pipeline.fanout import FanOutResult, fan_out_to_stores
-from imageport.pipeline.hashing import SUPPORTED_ALGOS, Digests, same_digest
+from imageport.pipeline.data.extents import Piece, read_extents
+from imageport.pipeline.data.fanout import FanOutResult, fan_out_to_stores, settle_failures
+from imageport.pipeline.data.hashing import SUPPORTED_ALGOS, Digests, same_digest
+from imageport.pipeline.data.staging_area import Tick
+from imageport.pipeline.outputs import ReplicatedOutput, StoredLocation
+from imageport.pipeline.stages.base import BaseStage
 from imageport.records import ImageStatus, repository
 from imageport.records.models import LOCATION_ACTIVE
 from imageport.stores import FileStore, Store
 
-NAME = "copy"
 
+class Replication(BaseStage):
+    """The ``copy`` stage of copy-image."""
 
-def run(ctx: JobContext, services: Services) -> dict[str, Any]:
-    """Copy the active image to the request's stores; return the new locations and hashes.
+    name = "copy"
+    output_type = ReplicatedOutput
 
-    Raises:
-        SourceNotFound: no location of the image is in a configured store.
-        HashMismatch: the bytes read do not match the image's recorded hashes.
-        StoreUnavailable: a store failed and all must succeed, or every store failed.
-    """
-    expected, sources = _image_facts(ctx, services)
-    targets = [services.stores[s] for s in target_store_ids(ctx)]
-    for store in targets:
-        store.discard_partial(ctx.image_id)  # leftovers of an interrupted attempt
-    result = _copy(ctx, sources, targets, expected)
-    assert result.digests is not None  # noqa: S101 - fan_out hashed with an algorithm
-    if result.stored and not _matches(result.digests, expected):
-        for obj in result.stored:
-            services.stores[obj.store_id].delete(obj.url)
-        raise HashMismatch(
-            f"the copy read from {sources[0][1]} does not match image {ctx.image_id} "
-            f"(md5 {result.digests.md5}, size {result.digests.size}; recorded md5 "
-            f"{expected.md5}, size {expected.size}); the location may be corrupt"
+    def run(self, ctx: JobContext, services: Services) -> ReplicatedOutput:
+        """Copy the active image to the request's stores; return the new locations.
+
+        Raises:
+            SourceNotFound: no location of the image is in a configured store.
+            HashMismatch: the bytes read do not match the image's recorded hashes.
+            StoreUnavailable: a store failed and all must succeed, or every store failed.
+        """
+        expected, sources = _image_facts(ctx, services)
+        targets = [services.stores[s] for s in ctx.target_store_ids]
+        for store in targets:
+            store.discard_partial(ctx.image_id)  # leftovers of an interrupted attempt
+        result = _copy(ctx, sources, targets, expected)
+        assert result.digests is not None  # noqa: S101 - fan_out hashed with an algorithm
+        if result.stored and not _matches(result.digests, expected):
+            for obj in result.stored:
+                services.stores[obj.store_id].delete(obj.url)
+            raise HashMismatch(
+                f"the copy read from {sources[0][1]} does not match image {ctx.image_id} "
+                f"(md5 {result.digests.md5}, size {result.digests.size}; recorded md5 "
+                f"{expected.md5}, size {expected.size}); the location may be corrupt"
+            )
+        settle_failures(
+            targets,
+            result.stored,
+            result.failed,
+            all_must_succeed=ctx.request.all_stores_must_succeed,
         )
-    settle_failures(ctx, targets, result.stored, result.failed)
-    return {
-        "locations": [
-            {"store_id": o.store_id, "url": o.url, "metadata": {"store": o.store_id, **o.metadata}}
-            for o in result.stored
-        ],
-        "failed_stores": sorted(result.failed),
-        "source": sources[0][1],
-    }
+        return ReplicatedOutput(
+            locations=[StoredLocation.of(o) for o in result.stored],
+            failed_stores=sorted(result.failed),
+            source=sources[0][1],
+        )
+
+    def restore(self, ctx: JobContext, services: Services, tick: Tick) -> bool:  # noqa: ARG002
+        """Nothing to fetch: the copies are in the stores, activation reads only records."""
+        return True
+
+
+STAGE = Replication()
 
 
 def _image_facts(ctx: JobContext, services: Services) -> tuple[Digests, list[tuple[Store, str]]]:

@@ -21,7 +21,7 @@ from oslo_utils.imageutils import format_inspector
 
 from imageport.config import Settings
 from imageport.errors import UnsafeImage
-from imageport.pipeline import headers, vhd
+from imageport.pipeline.safety import headers, vhd
 
 _Inspector = format_inspector.FileInspector
 _Detected = tuple[_Inspector | None, str, str | None]  # (oslo inspector, name, subformat)

@@ -18,7 +18,7 @@ import httpx
 
 from imageport.config import Settings
 from imageport.errors import InvalidRequest, SourceNotFound, SourceUnavailable
-from imageport.pipeline.sources import SourceInfo
+from imageport.pipeline.data.sources import SourceInfo
 
 DEFAULT_INTERFACE = "public"  # Glance's default glance_service_interface
 

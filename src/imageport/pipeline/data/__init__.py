@@ -1,0 +1,1 @@
+"""The byte path: sources, one-pass scan, decompression, hashing, holes, fan-out, staging."""

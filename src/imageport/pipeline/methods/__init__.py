@@ -1,0 +1,1 @@
+"""What each import method and admin action does (submit, uploads, copy-image, deletion…)."""

@@ -1,0 +1,136 @@
+"""Stage ``convert``: qemu-img convert to the target format, then inspect the output.
+
+The output is inspected twice: its header by our own checks, then by ``qemu-img info -f``; it
+must be the target format with no backing or data file. (qcow2 sources are opened with their
+backing chain cut, see :func:`imageport.pipeline.safety.qemu.source_name`.)
+
+The output goes to the task's scratch directory. When the target store is a file store on the
+same file system, the copy stage later moves that file into the store by rename, so conversion
+writes the final bytes exactly once.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from imageport.errors import ConversionFailed, NoSpace
+from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.data import staging_area
+from imageport.pipeline.data.staging_area import Tick
+from imageport.pipeline.outputs import ConvertedOutput, InspectedOutput, StagedOutput
+from imageport.pipeline.safety.headers import magic_format, qcow2_problem
+from imageport.pipeline.safety.inspector import HEAD_SIZE
+from imageport.pipeline.safety.qemu import qemu_format
+from imageport.pipeline.stages.base import BaseStage
+
+
+class Conversion(BaseStage):
+    """The ``convert`` stage."""
+
+    name = "convert"
+    output_type = ConvertedOutput
+
+    def run(self, ctx: JobContext, services: Services) -> ConvertedOutput:
+        """Convert when the target format differs; ``skipped`` when there is nothing to do."""
+        inspected = ctx.output(InspectedOutput)
+        source_format = inspected.detected_format or "raw"
+        target_format = ctx.request.final_format
+        if target_format == source_format:
+            return ConvertedOutput(skipped=True, converted=False, format=source_format)
+        ctx.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        out = ctx.converted_path
+        # A raw output holds at least the source's data; qcow2's own overhead is small.
+        needed = ctx.output(StagedOutput).disk_bytes
+        free = shutil.disk_usage(ctx.scratch_dir).free
+        if needed > free:
+            raise NoSpace(
+                f"scratch has {free} bytes free, about {needed} are needed to convert: "
+                f"free space in {ctx.scratch_dir} or move scratch_dir"
+            )
+        total = inspected.virtual_size
+
+        def on_progress(percent: float) -> None:
+            ctx.progress(int(total * percent / 100), total)
+
+        services.qemu.convert(ctx.staged_path, source_format, out, target_format, on_progress)
+        _check_head(out, target_format)  # our own eyes first, then qemu-img's
+        info = services.qemu.info(out, target_format)
+        _check_output(info, target_format)
+        ctx.progress(total, total)
+        # Remote staging: a job taken over on another host copies from this, not from scratch.
+        url = services.staging.publish(
+            f"{ctx.task_id}.{staging_area.CONVERTED}", out, lambda: ctx.progress(total, total)
+        )
+        return ConvertedOutput(
+            converted=True,
+            staged_url=url,
+            path=str(out),
+            format=target_format,
+            size=out.stat().st_size,
+            virtual_size=int(info["virtual-size"]),
+        )
+
+    def still_valid(self, ctx: JobContext, services: Services) -> bool | None:
+        """Reused only while its output is intact; unconverted, as good as the staged file."""
+        converted = ctx.output(ConvertedOutput)
+        if not converted.converted:
+            return None
+        return services.staging.available(
+            converted.staged_url, ctx.converted_path, converted.size or 0
+        )
+
+    def restore(self, ctx: JobContext, services: Services, tick: Tick) -> bool:
+        """Fetch the output the copy stage reads if this host lacks it.
+
+        Unconverted, the copy stage reads the staged file: the stage step restores that.
+
+        Raises:
+            StagingLost: neither this host nor remote staging has it.
+        """
+        converted = ctx.output(ConvertedOutput)
+        if not converted.converted:
+            return False
+        services.staging.restore(
+            converted.staged_url, ctx.converted_path, converted.size or 0, tick
+        )
+        return True
+
+
+STAGE = Conversion()
+
+
+def _check_head(path: Path, target_format: str) -> None:
+    """The output's own header must name the target format and no other file.
+
+    Only the first 512 bytes are read (the output can be gigabytes): its magic must be the
+    target's (none at all for raw: a raw output that starts like a qcow2 or VMDK would be
+    probed as one by the next consumer), and a qcow2 output must pass the header checks.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(HEAD_SIZE)
+    claimed = magic_format(head)
+    wanted = None if target_format in ("raw", "iso") else target_format
+    problem = qcow2_problem(head) if claimed == "qcow2" and len(head) == HEAD_SIZE else None
+    if claimed != wanted or problem is not None:
+        detail = problem[1] if problem else f"its header says {claimed or 'raw'}"
+        raise ConversionFailed(
+            f"the converted image is not a plain {target_format} file ({detail})",
+            code="conversion_failed",
+        )
+
+
+def _check_output(info: dict[str, Any], target_format: str) -> None:
+    data = info.get("format-specific", {}).get("data", {})
+    if (
+        info.get("format") != qemu_format(target_format)
+        or "backing-filename" in info
+        or "full-backing-filename" in info
+        or "data-file" in data
+        or data.get("data-file-raw")
+    ):
+        raise ConversionFailed(
+            f"the converted image is not a plain {target_format} file: {info.get('format')}",
+            code="conversion_failed",
+        )
