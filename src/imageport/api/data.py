@@ -2,10 +2,11 @@
 
 Uploads stream through :func:`imageport.pipeline.methods.uploads.receive_upload` (one scanning
 pass into the staging area) in a worker thread; downloads stream from the store. Neither holds
-more than a chunk in memory. ``PUT /file`` goes through the same pipeline as an import (a glance-direct
-task) and answers once the image is active, as Glance's synchronous upload does; the image
-shows ``saving`` all along (``queued → saving → active``, or back to ``queued`` on failure), as
-in Glance, where ``PUT /stage`` shows ``uploading`` and ``POST /import`` ``importing``.
+more than a chunk in memory. ``PUT /file`` goes through the same pipeline as an import (a
+glance-direct task) and answers once the image is active, as Glance's synchronous upload does;
+the image shows ``saving`` all along (``queued → saving → active``, or back to ``queued`` on
+failure), as in Glance, where ``PUT /stage`` shows ``uploading`` and ``POST /import``
+``importing``.
 """
 
 from __future__ import annotations
