@@ -5,6 +5,10 @@ changes are compare-and-set: the UPDATE names the statuses the caller expects, a
 has moved on under us raises :class:`~imageport.errors.StateConflict` instead of being
 overwritten. Each ``expected → new`` pair is first checked against the state machine, so an
 illegal transition is an error before anything is written.
+
+This module is long (over 400 lines) on purpose: it is the one place SQL is written for the
+image, task and stage-run tables, so that every status change goes through the same
+compare-and-set helpers; splitting it by table would split those helpers from their callers.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from imageport.logging import configure_logging
 from imageport.pipeline import Services
 from imageport.workers.actors import IMPORT_QUEUE, declare_actors
 from imageport.workers.broker import build_broker
-from imageport.workers.metrics import PrometheusObserver
 from imageport.workers.reaper import reap
 
 log = structlog.get_logger(__name__)
@@ -35,6 +34,10 @@ def run_worker_process(threads: int, queues: Sequence[str]) -> int:
     settings = load_settings()
     configure_logging(settings)
     services = Services.from_settings(settings)
+    # Imported here, not at the top: importing the module registers the worker's series, and
+    # the CLI and API import this module without serving any metrics.
+    from imageport.workers.metrics import PrometheusObserver  # noqa: PLC0415
+
     services.observer = PrometheusObserver()  # this process's samples, served by the group
     broker = build_broker(settings)
     actors = declare_actors(broker, lambda: services)
