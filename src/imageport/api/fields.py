@@ -14,10 +14,10 @@ from imageport.api.auth import Identity
 from imageport.api.errors import ApiError, bad_request, forbidden
 from imageport.config import CONTAINER_FORMATS, DISK_FORMATS
 from imageport.records import Visibility
+from imageport.records.reserved import RESERVED_PREFIX
 
 MAX_LENGTH = 255  # characters in a name, tag, owner or property name
 MAX_PROPERTY_VALUE = 65535  # characters in an extra property's value (Glance's Text column)
-RESERVED_PREFIX = "os_glance"  # Glance's reserved property namespace
 
 #: Fields no client may write.
 READ_ONLY = frozenset(

@@ -28,6 +28,7 @@ from imageport.pipeline import (
     submit_copy,
 )
 from imageport.records import Image, ImageStatus, Task, TaskStatus
+from imageport.records.reserved import IMPORT_TASK
 
 router = APIRouter(prefix="/v2/images", tags=["imports"])
 
@@ -127,7 +128,7 @@ def _gate(session: Any, image: Image, name: str, who: Identity) -> None:  # noqa
     """Refuse an import the image's status (or the caller) does not allow."""
     if name == "copy-image" and not who.is_admin:
         raise forbidden("copy-image is for administrators")
-    task_id = next((p.value for p in image.properties if p.name == "os_glance_import_task"), None)
+    task_id = next((p.value for p in image.properties if p.name == IMPORT_TASK), None)
     if task_id:
         task = session.get(Task, task_id)
         if task is not None and task.status in (TaskStatus.PENDING, TaskStatus.PROCESSING):
