@@ -12,7 +12,11 @@ from typing import Protocol
 
 
 class JobObserver(Protocol):
-    """Callbacks the runner and the reaper make; each must be cheap and never raise."""
+    """Callbacks the runner and the reaper make; each must be cheap and never raise.
+
+    The methods here do nothing, so a class that names this protocol as its base (as
+    :class:`NullObserver` does) only writes the callbacks it cares about.
+    """
 
     def job_started(self) -> None:
         """A job began running under its lease."""
@@ -36,26 +40,5 @@ class JobObserver(Protocol):
         """The reaper requeued (``requeued``) or failed (``failed``) ``count`` jobs."""
 
 
-class NullObserver:
-    """Counts nothing."""
-
-    def job_started(self) -> None:
-        """Count nothing."""
-
-    def job_ended(self) -> None:
-        """Count nothing."""
-
-    def import_finished(self, outcome: str, code: str) -> None:
-        """Count nothing."""
-
-    def stage_finished(self, stage: str, seconds: float, bytes_done: int) -> None:
-        """Count nothing."""
-
-    def retry_scheduled(self) -> None:
-        """Count nothing."""
-
-    def lease_taken_over(self) -> None:
-        """Count nothing."""
-
-    def reaped(self, action: str, count: int) -> None:
-        """Count nothing."""
+class NullObserver(JobObserver):
+    """Counts nothing: it inherits the protocol's methods, which do nothing."""
