@@ -59,6 +59,10 @@ class RunResult:
     stderr: bytes
 
 
+#: ``qemu-img info --output=json`` as parsed: qemu's own JSON document, read at this boundary
+#: by the checks that need its fields (``format``, ``virtual-size``, ``format-specific``…).
+QemuInfo = dict[str, Any]
+
 #: Called with the progress percentage while a long call runs. To stop the call, it raises
 #: (the job's progress raises JobInterrupted on cancel or shutdown): qemu-img's process group
 #: is killed before the exception leaves :func:`run_limited`.
@@ -210,7 +214,7 @@ class QemuImg:
         )
         self._runner = runner
 
-    def info(self, path: Path, disk_format: str | None) -> dict[str, Any]:
+    def info(self, path: Path, disk_format: str | None) -> QemuInfo:
         """``qemu-img info -f FMT --output=json PATH``; ``disk_format=None`` is qemu's probe.
 
         The probe (no ``-f``) is only ever used as a second opinion on an image our own
@@ -227,7 +231,7 @@ class QemuImg:
                 code="qemu_refused",
             )
         try:
-            info: dict[str, Any] = json.loads(result.stdout)
+            info: QemuInfo = json.loads(result.stdout)
         except ValueError as exc:
             raise ConversionFailed(
                 f"qemu-img info printed no JSON: {result.stdout[:200]!r}", code="qemu_refused"

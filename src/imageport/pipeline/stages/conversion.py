@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from imageport.errors import ConversionFailed, NoSpace
 from imageport.pipeline.context import JobContext, Services
@@ -22,7 +21,7 @@ from imageport.pipeline.data.staging_area import Tick
 from imageport.pipeline.outputs import ConvertedOutput, InspectedOutput, StagedOutput
 from imageport.pipeline.safety.headers import magic_format, qcow2_problem
 from imageport.pipeline.safety.inspector import HEAD_SIZE
-from imageport.pipeline.safety.qemu import qemu_format
+from imageport.pipeline.safety.qemu import QemuInfo, qemu_format
 from imageport.pipeline.stages.base import BaseStage
 
 
@@ -121,7 +120,7 @@ def _check_head(path: Path, target_format: str) -> None:
         )
 
 
-def _check_output(info: dict[str, Any], target_format: str) -> None:
+def _check_output(info: QemuInfo, target_format: str) -> None:
     data = info.get("format-specific", {}).get("data", {})
     if (
         info.get("format") != qemu_format(target_format)
