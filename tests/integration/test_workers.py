@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -331,11 +332,18 @@ def test_deleting_an_image_cancels_its_running_import(dist_env, db, workers, slo
     ids = _submit(dist_env, url, "--disk-format", "qcow2")
     wait_for(lambda: _stage_running(db, ids["task_id"], "stage"), 30, "staging to start")
 
-    cli(dist_env, "images", "delete", ids["image_id"])
+    started = time.monotonic()
+    deleted = cli(dist_env, "images", "delete", ids["image_id"])
 
-    assert _task(db, ids["task_id"])[:2] == ("failure", "cancelled")
+    # Deleted at once, without waiting for the worker (a CLI start takes a few seconds here).
+    assert time.monotonic() - started < 15
+    assert f"import {ids['task_id']} is stopping" in deleted.stdout
     image = _image(dist_env, ids["image_id"])
     assert image["status"] == "deleted"
+    # The worker sees the cancel within seconds and removes what it wrote.
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "failure", 30, "the worker to stop")
+    assert _task(db, ids["task_id"])[:2] == ("failure", "cancelled")
+    assert _image(dist_env, ids["image_id"])["status"] == "deleted"
     _assert_clean(dist_env, [image])
 
 

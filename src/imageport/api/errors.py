@@ -3,10 +3,16 @@
 Every error response is ``{"code": "404 Not Found", "title": "Not Found", "message": "…",
 "error_code": "not_found"}``: the first three keys are what Glance (webob) writes and what
 openstacksdk and python-glanceclient read; ``error_code`` is ``PipelineError.code``.
+
+Messages are written for the client: an imageport error carries its own, and an unexpected
+exception becomes a 500 ``internal_error`` with a generic message and a reference. The
+exception itself (its repr, its text, its traceback) goes to the server log under that
+reference, never to the client.
 """
 
 from __future__ import annotations
 
+import uuid
 from http import HTTPStatus
 
 import structlog
@@ -30,6 +36,14 @@ from imageport.errors import (
 )
 
 log = structlog.get_logger(__name__)
+
+#: The message of a 500 ``internal_error``: what to do, and the reference of the log entry
+#: that holds the details. Nothing of the exception itself reaches the client.
+CRASH_MESSAGE = (
+    "the server hit an unexpected error and did not complete the request; try again, and if "
+    "it fails again give the operator this reference: {reference} (the server log has the "
+    "details under it)"
+)
 
 #: HTTP status of each imageport error class; the first match wins (most specific first).
 STATUS_OF: tuple[tuple[type[PipelineError], int], ...] = (
@@ -149,9 +163,19 @@ def install(app: FastAPI) -> None:
             "invalid_value",
         )
 
-    async def on_crash(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request crashed", error=repr(exc))
-        return error_response(500, f"internal error: {exc!r}", "internal_error")
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, or a service failing in a way nobody mapped: the client gets a generic 500
+        # and a reference to quote, never the exception (its text can hold SQL, paths, values
+        # of other requests); the log gets the traceback under the same reference.
+        reference = uuid.uuid4().hex
+        log.exception(
+            "request crashed",
+            reference=reference,
+            method=request.method,
+            path=request.url.path,
+            exc_info=exc,
+        )
+        return error_response(500, CRASH_MESSAGE.format(reference=reference), "internal_error")
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(PipelineError, on_pipeline_error)

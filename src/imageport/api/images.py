@@ -154,7 +154,11 @@ def _write_properties(session: Session, image: Image, properties: dict[str, str]
 
 @router.delete("/{image_id}", status_code=204)
 def remove_image(image_id: str, ctx: Ctx, who: Caller) -> Response:
-    """Delete an image: a running import is cancelled first; ``protected`` refuses (403)."""
+    """Delete an image at once (204); ``protected`` refuses (403).
+
+    A running import is cancelled, not waited for: its worker removes the data it wrote when
+    it stops (see pipeline/methods/deletion.py).
+    """
     with ctx.services.db.session() as session:
         image = access.owned_image(session, image_id, who)
         if image.protected:

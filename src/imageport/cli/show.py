@@ -65,11 +65,20 @@ def images_show(
 
 @images_app.command("delete")
 def images_delete(image_id: str) -> None:
-    """Delete an image: cancel its import if one runs, remove every stored copy."""
+    """Delete an image at once: cancel its import if one runs, remove every stored copy."""
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
-        delete_image(svc, image_id)
+        done = delete_image(svc, image_id)
     typer.echo(f"image {image_id} deleted")
+    if done.stopping_task_id:
+        typer.echo(
+            f"import {done.stopping_task_id} is stopping; its worker removes the data it wrote"
+        )
+    if done.locations_left:
+        typer.echo(
+            f"{done.locations_left} stored copies could not be deleted yet; the reaper retries",
+            err=True,
+        )
 
 
 @tasks_app.command("list")

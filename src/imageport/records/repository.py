@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
-from sqlalchemy import CursorResult, insert, select, update
+from sqlalchemy import CursorResult, delete, insert, select, update
 
 from imageport.errors import InvalidRequest, NotFound, StateConflict
 from imageport.records.base import utcnow
@@ -288,6 +288,26 @@ def remove_locations(session: Session, image_id: str, *, store_id: str | None = 
     ]
     image.updated_at = utcnow()
     session.flush()
+
+
+def remove_location(session: Session, location_id: int) -> None:
+    """Delete one location row by its id; nothing happens if it is gone already.
+
+    By id, not by image or store: a deletion removes exactly the rows whose data it deleted,
+    never one a concurrent job recorded meanwhile.
+    """
+    session.execute(delete(ImageLocation).where(ImageLocation.id == location_id))
+
+
+def deleted_with_locations(session: Session) -> list[str]:
+    """Ids of deleted images that still record a location: stored data left to delete."""
+    statement = (
+        select(ImageLocation.image_id)
+        .join(Image, Image.id == ImageLocation.image_id)
+        .where(Image.status == ImageStatus.DELETED)
+        .distinct()
+    )
+    return list(session.scalars(statement))
 
 
 # Tasks

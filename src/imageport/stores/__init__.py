@@ -1,11 +1,14 @@
-"""Stores: where images are kept. ``build_stores`` maps settings to store objects."""
+"""Stores: where images are kept. ``build_stores`` maps settings to store objects.
+
+The kinds a setting can name are ``file`` and ``s3`` (``StoreSettings.kind``). ``HttpStore``
+reads locations served over http(s) and ``MemoryStore`` keeps bytes in memory; neither is a
+configurable kind: code builds them directly (the store contract tests do).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import httpx
 
 from imageport.config import Settings, StoreSettings
 from imageport.errors import ConfigurationError
@@ -85,23 +88,10 @@ def _s3_store(store_id: str, conf: StoreSettings, settings: Settings) -> Store:
     )
 
 
-def _http_store(store_id: str, conf: StoreSettings, settings: Settings) -> Store:  # noqa: ARG001
-    client = httpx.Client(
-        timeout=httpx.Timeout(
-            settings.http_read_timeout, connect=settings.http_connect_timeout, pool=10.0
-        ),
-        follow_redirects=False,
-        trust_env=False,  # never pick up proxies or netrc from the worker's environment
-        headers={"Accept-Encoding": "identity", "User-Agent": "imageport"},
-    )
-    return HttpStore(store_id, client=client)
-
-
 #: One explicit map from store kind to factory; unknown kinds fail at start-up.
 _FACTORIES: dict[str, Callable[[str, StoreSettings, Settings], Store]] = {
     "file": _file_store,
     "s3": _s3_store,
-    "http": _http_store,  # usable once StoreSettings.kind accepts "http"
 }
 
 

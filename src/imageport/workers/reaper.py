@@ -8,6 +8,9 @@
 * A pending task nobody holds that has waited longer than a lease may have lost its queue
   message (a broker restarted without persistence): its message is sent again. Duplicates are
   harmless: a live lease drops them, a finished task ignores them.
+* A deleted image that still records a location has data left in a store: a copy recorded
+  by a job racing the delete, or one a store failed to delete. It is deleted again
+  (``delete_image`` on a deleted image retries only that; see pipeline/methods/deletion.py).
 
 Several reapers may run at once: every change is a compare-and-set, so one wins.
 """
@@ -21,7 +24,7 @@ from datetime import timedelta
 import structlog
 
 from imageport.errors import PipelineError, StateError, TransientError
-from imageport.pipeline import Services, context_of, fail_import
+from imageport.pipeline import Services, context_of, delete_image, fail_import
 from imageport.records import TaskStatus, leases, repository
 from imageport.records.base import utcnow
 from imageport.workers.sweeper import sweep_local
@@ -45,6 +48,8 @@ class ReapReport:
     resent: list[str] = field(default_factory=list)
     #: Local directories of finished jobs removed from this host (see the sweeper).
     swept: list[str] = field(default_factory=list)
+    #: Deleted images whose stored data left behind is now gone (by image id).
+    purged: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list[str]]:
         """The report as JSON-ready lists."""
@@ -53,11 +58,15 @@ class ReapReport:
             "failed": self.failed,
             "resent": self.resent,
             "swept": self.swept,
+            "purged": self.purged,
         }
 
 
 def reap(services: Services, enqueue: Callable[[str], None]) -> ReapReport:
-    """One pass: requeue or fail expired jobs, resend stale pending ones, sweep this host."""
+    """One pass: requeue or fail expired jobs, resend stale pending ones, sweep this host.
+
+    Then delete the data deleted images still record.
+    """
     report = ReapReport()
     now = utcnow()
     with services.db.session() as session:
@@ -79,11 +88,26 @@ def reap(services: Services, enqueue: Callable[[str], None]) -> ReapReport:
         enqueue(task_id)
         report.resent.append(task_id)
     report.swept = sweep_local(services)
+    report.purged = _purge_deleted(services)
     for action, ids in report.as_dict().items():
         if ids:
             services.observer.reaped(action, len(ids))
             log.info("reaper pass", action=action, tasks=ids)
     return report
+
+
+def _purge_deleted(services: Services) -> list[str]:
+    """Delete the stored copies deleted images still record; return the images now clean."""
+    with services.db.session() as session:
+        image_ids = repository.deleted_with_locations(session)
+    purged: list[str] = []
+    for image_id in image_ids:
+        try:
+            if delete_image(services, image_id).locations_left == 0:
+                purged.append(image_id)
+        except PipelineError as exc:  # one image's trouble must not stop the pass
+            log.warning("deleted image not purged", image_id=image_id, error=str(exc))
+    return purged
 
 
 def _requeue(services: Services, task_id: str, owner: str | None) -> None:
