@@ -1,8 +1,10 @@
 """The import pipeline: the job engine, and the rooms it draws on.
 
 The engine sits here — :mod:`.runner` (walks a job's stages under its lease),
-:mod:`.heartbeat`, :mod:`.context` (the job context and the services it is given),
-:mod:`.request`, :mod:`.outputs` (typed stage outputs), :mod:`.observer` — and its rooms are:
+:mod:`.failures` (retry, requeue or fail), :mod:`.progress`, :mod:`.heartbeat`,
+:mod:`.context` (the job context and the services it is given), :mod:`.request`,
+:mod:`.outputs` (typed stage outputs), :mod:`.observer`, :mod:`.completion` — and its rooms
+are:
 
 ``stages/``
     one module per stage, each behind the :class:`~.stages.base.Stage` protocol;
@@ -25,6 +27,7 @@ from __future__ import annotations
 from imageport.pipeline.context import Services
 from imageport.pipeline.data.scan import coalesce
 from imageport.pipeline.data.staging_area import upload_names
+from imageport.pipeline.failures import Outcome, fail_import
 from imageport.pipeline.methods.check import check_file
 from imageport.pipeline.methods.copy_image import submit_copy
 from imageport.pipeline.methods.deletion import delete_image
@@ -33,7 +36,7 @@ from imageport.pipeline.methods.submit import Submitted, import_existing, submit
 from imageport.pipeline.methods.uploads import UPLOADS, discard_upload, has_upload, receive_upload
 from imageport.pipeline.observer import JobObserver, NullObserver
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.runner import Outcome, context_of, fail_import, run_import
+from imageport.pipeline.runner import context_of, run_import
 from imageport.pipeline.safety.urlpolicy import parse_url
 from imageport.pipeline.stages import stage_names
 

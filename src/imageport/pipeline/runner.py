@@ -2,60 +2,35 @@
 
 A stage whose latest run is ``done`` (or ``skipped``) and whose durable output is still intact
 is not run again, so a job that is delivered a second time — after a crash, a retry or a
-takeover — continues where the last attempt stopped. Every failure ends in a recorded state:
-a retry scheduled for transient errors while attempts remain, otherwise a failed task, an image
-back in ``queued`` and no staged or partial data left behind.
+takeover — continues where the last attempt stopped. How a failure or a stop is recorded is in
+:mod:`imageport.pipeline.failures`; a stage's progress goes through
+:class:`~imageport.pipeline.progress.ProgressWriter`.
 """
 
 from __future__ import annotations
 
 import os
-import random
+import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from imageport.errors import (
-    Cancelled,
-    DatabaseUnavailable,
-    JobInterrupted,
-    PipelineError,
-    ShutDown,
-    StagingLost,
-    Stalled,
-    StoreCopyFailed,
-    TransientError,
-)
-from imageport.pipeline.completion import remove_work_dirs
+from imageport.errors import DatabaseUnavailable, JobInterrupted, PipelineError, StagingLost
 from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.failures import Outcome, handle_failure, interrupted, interruption
 from imageport.pipeline.heartbeat import Heartbeat
-from imageport.pipeline.outputs import StageOutput, StoredCopies
+from imageport.pipeline.outputs import StageOutput
+from imageport.pipeline.progress import ProgressWriter
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.stages import Stage, stages_for
-from imageport.records import ImageStatus, StageStatus, TaskStatus, leases, repository
-from imageport.records.reserved import FAILED_IMPORT, IMPORTING_TO_STORES
-from imageport.records.states import IN_FLIGHT
+from imageport.records import StageStatus, TaskStatus, leases, repository
 
 log = structlog.get_logger(__name__)
-
-RETRY_BASE_DELAY = 2.0  # seconds before the first retry of a transient failure
-RETRY_MAX_DELAY = 300.0  # seconds; the backoff never waits longer than this
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one delivery of a job ended."""
-
-    status: TaskStatus
-    retry_in: float | None = None  # seconds, when the job must be queued again
-    dropped: bool = False  # True when another worker holds the job (or took it over)
-    released: bool = False  # True when the lease was already given up with the last record
 
 
 def default_owner() -> str:
@@ -154,21 +129,17 @@ def _walk_stages(ctx: JobContext, services: Services, owner: str) -> Outcome:
                 following = to_run[index + 1].name if index + 1 < len(to_run) else None
                 run_id = _run_stage(ctx, services, stage, heartbeat, run_id, following)
     except JobInterrupted as stop:
-        return _interrupted(ctx, services, stage_name, stop)
+        return interrupted(ctx, services, stage_name, stop)
     except PipelineError as exc:
-        return _handle_failure(ctx, services, stage_name, exc)
+        return handle_failure(ctx, services, stage_name, exc)
     except DBAPIError as exc:
         # A lost database connection (a restart, a failover) is transient, never the import's
         # fault. If the database is still away, recording this fails too and the job is left
         # to the reaper, which requeues it once the lease has expired.
         lost = DatabaseUnavailable(f"database connection lost in stage {stage_name}: {exc.orig}")
-        return _handle_failure(ctx, services, stage_name, lost)
-    except Exception as exc:  # a bug must still end in a recorded state, never a stuck image
-        log.exception("stage crashed", stage=stage_name)
-        # The task message is for administrators (tasks show): the exception's type and
-        # text say where to look; the traceback is in the worker's log.
-        wrapped = PipelineError(f"internal error in stage {stage_name}: {exc!r}")
-        return _handle_failure(ctx, services, stage_name, wrapped)
+        return handle_failure(ctx, services, stage_name, lost)
+    except Exception as exc:  # noqa: BLE001 - a bug must end in a recorded state; _crash logs it
+        return handle_failure(ctx, services, stage_name, _crash(stage_name, exc))
     services.observer.import_finished("success", "")
     # The last stage's outcome transaction gave the lease up (when a stage ran at all).
     return Outcome(TaskStatus.SUCCESS, released=bool(to_run))
@@ -286,21 +257,22 @@ def _run_stage(
     if run_id is None:
         with services.db.session() as session:
             run_id = _open_run(session, ctx, name)
-    writer = _ProgressWriter(services, run_id, heartbeat)
+    writer = ProgressWriter(services, run_id, heartbeat)
     ctx.progress = writer
     started = time.monotonic()
     try:
         output = stage.run(ctx, services)
     except JobInterrupted as stop:
         if stop.reason != JobInterrupted.LEASE_LOST:  # the new holder owns the records now
-            _finish(ctx, writer, StageStatus.FAILED, None, _interruption(services, name, stop))
+            _finish(ctx, writer, StageStatus.FAILED, None, interruption(services, name, stop))
         raise
     except PipelineError as exc:
         _finish(ctx, writer, StageStatus.FAILED, None, exc)
         raise
     except Exception as exc:
-        _finish(ctx, writer, StageStatus.FAILED, None, PipelineError(repr(exc)))
-        raise
+        crash = _crash(name, exc)
+        _finish(ctx, writer, StageStatus.FAILED, None, crash)
+        raise crash from exc
     heartbeat.check()  # a job that lost its lease must not record a result
     status = StageStatus.SKIPPED if output.was_skipped() else StageStatus.DONE
     ctx.outputs[name] = output
@@ -313,7 +285,7 @@ def _run_stage(
 
 def _finish(
     ctx: JobContext,
-    writer: _ProgressWriter,
+    writer: ProgressWriter,
     status: StageStatus,
     output: StageOutput | None,
     error: PipelineError | None,
@@ -343,169 +315,20 @@ def _finish(
         return _open_run(session, ctx, following)
 
 
+def _crash(stage: str, exc: Exception) -> PipelineError:
+    """The recorded error of a bug in a stage, and its traceback in the log under a reference.
+
+    Task messages reach API clients (``GET /v2/tasks/ID``, a failed ``PUT /file``), so the
+    exception's type and text stay in the worker's log; the message names where to find them.
+    """
+    reference = secrets.token_hex(6)
+    log.error("stage crashed", stage=stage, reference=reference, exc_info=exc)
+    return PipelineError(
+        f"internal error in stage {stage} (reference {reference}): the worker's log has the "
+        "details; retry the import, and report the reference if it fails again"
+    )
+
+
 def _open_run(session: Session, ctx: JobContext, stage: str) -> int:
     """Open the row of the job's next attempt at ``stage``; return its id."""
     return repository.open_stage_run(session, ctx.task_id, stage, attempt=ctx.next_attempt(stage))
-
-
-class _ProgressWriter:
-    """Persists a stage's bytes done at most once per progress interval, and on flush."""
-
-    def __init__(self, services: Services, run_id: int, heartbeat: Heartbeat) -> None:
-        self.services = services
-        self._heartbeat = heartbeat
-        self.run_id = run_id
-        self._interval = services.settings.progress_interval_seconds
-        # The stage's row says 0 bytes already: the first write waits one interval, so a
-        # short stage writes its numbers once, with its outcome.
-        self._last = time.monotonic()
-        self._state: tuple[int, int | None] | None = None
-        self._written: tuple[int, int | None] | None = None
-
-    @property
-    def done(self) -> int:
-        """Bytes done so far."""
-        return self._state[0] if self._state else 0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        # Raises JobInterrupted when the job must stop: every stage's loop passes through here.
-        self._heartbeat.beat()
-        self._state = (done, total)
-        now = time.monotonic()
-        if now - self._last >= self._interval:
-            self._last = now
-            self.flush()
-
-    def flush(self, session: Session | None = None) -> None:
-        """Write the latest numbers if they changed (in ``session``, else in a new one)."""
-        if self._state is None or self._state == self._written:
-            return
-        done, total = self._state
-        if session is None:
-            with self.services.db.session() as own:
-                repository.update_stage_progress(
-                    own, self.run_id, bytes_done=done, bytes_total=total
-                )
-        else:
-            repository.update_stage_progress(
-                session, self.run_id, bytes_done=done, bytes_total=total
-            )
-        self._written = self._state
-
-
-def _handle_failure(ctx: JobContext, services: Services, stage: str, exc: PipelineError) -> Outcome:
-    with services.db.session() as session:
-        attempts = repository.get_task(session, ctx.task_id).attempts
-    if isinstance(exc, TransientError) and attempts < services.settings.max_attempts:
-        delay = _backoff(attempts)
-        services.observer.retry_scheduled()
-        _requeue(
-            ctx,
-            services,
-            f"attempt {attempts} failed in stage {stage} ({exc.code}): {exc}; "
-            f"retrying in {delay:.0f}s",
-            error_code=exc.code,
-        )
-        log.info("import will be retried", stage=stage, error_code=exc.code, delay=delay)
-        return Outcome(TaskStatus.PENDING, retry_in=delay)
-    fail_import(ctx, services, stage, exc)
-    return Outcome(TaskStatus.FAILURE)
-
-
-def _interrupted(ctx: JobContext, services: Services, stage: str, stop: JobInterrupted) -> Outcome:
-    """Record what an interruption means: cancel fails, shutdown requeues, stall retries."""
-    if stop.reason == JobInterrupted.LEASE_LOST:
-        log.warning("lease lost; leaving the job to its new holder", stage=stage)
-        return Outcome(TaskStatus.PROCESSING, dropped=True)
-    if stop.reason == JobInterrupted.CANCELLED:
-        fail_import(ctx, services, stage, _interruption(services, stage, stop))
-        return Outcome(TaskStatus.FAILURE)
-    if stop.reason == JobInterrupted.STALLED:
-        return _handle_failure(ctx, services, stage, _interruption(services, stage, stop))
-    # Shutdown: the finished stages are durable; the next worker continues from here.
-    _requeue(ctx, services, f"worker shut down during stage {stage}; requeued")
-    return Outcome(TaskStatus.PENDING, retry_in=0.0)
-
-
-def _interruption(services: Services, stage: str, stop: JobInterrupted) -> PipelineError:
-    """The error a stop is recorded as, on the stage run and (cancel, stall) on the task."""
-    if stop.reason == JobInterrupted.CANCELLED:
-        return Cancelled("the import was cancelled by an administrator")
-    if stop.reason == JobInterrupted.STALLED:
-        stall = services.settings.stall_timeout_seconds
-        return Stalled(f"no progress for {stall:.0f}s in stage {stage}")
-    return ShutDown(f"the worker shut down during stage {stage}; another worker continues")
-
-
-def _requeue(
-    ctx: JobContext, services: Services, message: str, *, error_code: str | None = None
-) -> None:
-    """Put the running task back to pending (the caller sends it again), fenced by the lease."""
-    with services.db.session() as session:
-        ctx.fence(session)
-        repository.set_task_status(
-            session,
-            ctx.task_id,
-            expected=TaskStatus.PROCESSING,
-            new=TaskStatus.PENDING,
-            message=message,
-            error_code=error_code,
-        )
-
-
-def _best_effort(action: Callable[[str], None], arg: str) -> None:
-    """Cleanup must not hide the failure being recorded: log store errors and go on."""
-    try:
-        action(arg)
-    except PipelineError as exc:
-        log.warning("cleanup step failed", error=str(exc), target=arg)
-
-
-def _backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter, capped."""
-    ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (attempt - 1))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
-
-
-def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineError) -> None:
-    """Remove every byte the import wrote, put the image back to queued, fail the task."""
-    remove_work_dirs(ctx, services)
-    stores = ctx.target_store_ids
-    for store_id in stores:
-        store = services.stores.get(store_id)
-        if store is not None:
-            _best_effort(store.discard_partial, ctx.image_id)
-    services.observer.import_finished("failure", exc.code)
-    copy_job = ctx.request.method == "copy-image"
-    named = exc.failed_stores if isinstance(exc, StoreCopyFailed) else None
-    failed = list(named or stores)
-    with services.db.session() as session:
-        ctx.fence(session)
-        image = repository.get_image(session, ctx.image_id)
-        copied = ctx.maybe_output(StoredCopies)
-        # Copies written by this job and not yet recorded as locations are orphans: remove.
-        if copied and (copy_job or image.status != ImageStatus.ACTIVE):
-            for loc in copied.locations:
-                _best_effort(services.stores[loc.store_id].delete, loc.url)
-        if image.status in IN_FLIGHT:
-            repository.set_image_status(
-                session, ctx.image_id, expected=IN_FLIGHT, new=ImageStatus.QUEUED
-            )
-        properties = {p.name: p.value for p in image.properties}
-        if copy_job:  # Glance keeps earlier failures of other stores
-            earlier = [s for s in properties.get(FAILED_IMPORT, "").split(",") if s]
-            failed = sorted(set(earlier) | set(failed))
-        importing = [s for s in properties.get(IMPORTING_TO_STORES, "").split(",") if s]
-        still = [s for s in importing if s not in stores]
-        repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, ",".join(still))
-        repository.set_property(session, ctx.image_id, FAILED_IMPORT, ",".join(failed))
-        repository.set_task_status(
-            session,
-            ctx.task_id,
-            expected=(TaskStatus.PROCESSING, TaskStatus.PENDING),
-            new=TaskStatus.FAILURE,
-            message=f"import failed in stage {stage} ({exc.code}): {exc}",
-            error_code=exc.code,
-            expires_at=ctx.expires_at(),
-        )
-    log.info("import finished", outcome="failure", stage=stage, error_code=exc.code, error=str(exc))
