@@ -51,6 +51,15 @@ DEFAULT_S3_CONCURRENCY = 4  # S3 parts uploaded in parallel
 DEFAULT_API_HOST = "127.0.0.1"  # address `imageport api` listens on
 DEFAULT_API_PORT = 9292  # TCP port of `imageport api` (Glance's)
 DEFAULT_MAX_IMAGE_TAGS = 128  # tags per image (Glance's image_tag_quota)
+DEFAULT_MAX_IMAGE_PROPERTIES = 128  # extra properties per image (Glance's image_property_quota)
+DEFAULT_MAX_IMAGE_MEMBERS = 128  # members per image (Glance's image_member_quota)
+DEFAULT_MAX_IMAGE_LOCATIONS = 10  # locations per image (Glance's image_location_quota)
+DEFAULT_KEYSTONE_CACHE_SECONDS = 300.0  # seconds a validated token is trusted without asking
+DEFAULT_CLIENT_SOCKET_TIMEOUT = 900.0  # seconds one read of a request body may wait (Glance's)
+DEFAULT_STAGING_TTL_HOURS = 24  # hours a staged upload that is never imported is kept
+
+#: How ``imageport api`` learns who is calling (see :mod:`imageport.access`).
+AuthStrategy = Literal["keystone", "trusted-proxy", "noauth"]
 
 DiskFormat = Literal[
     "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"
@@ -168,6 +177,47 @@ class Settings(BaseSettings):
     glance_download_token: str | None = None
     #: Most tags one image may carry (Glance's image_tag_quota).
     max_image_tags: int = Field(default=DEFAULT_MAX_IMAGE_TAGS, ge=0)
+    # Identity, policy and quotas (issue 13).
+    #: ``keystone`` (tokens validated by Keystone), ``trusted-proxy`` (identity headers from
+    #: an authenticating proxy, with ``X-Identity-Status: Confirmed``) or ``noauth`` (every
+    #: caller is an administrator; only on a loopback address).
+    auth_strategy: AuthStrategy = "noauth"
+    #: Keystone v3 URL and the service user that validates tokens (and reads limits).
+    keystone_auth_url: str | None = None
+    keystone_username: str | None = None
+    keystone_password: str | None = None
+    keystone_project_name: str | None = None
+    keystone_user_domain_name: str = "Default"
+    keystone_project_domain_name: str = "Default"
+    #: Seconds a validated token is trusted before Keystone is asked again.
+    keystone_cache_seconds: float = Field(default=DEFAULT_KEYSTONE_CACHE_SECONDS, ge=0)
+    #: imageport's ``image`` endpoint id in Keystone: whose registered limits apply.
+    keystone_endpoint_id: str | None = None
+    #: Region of that endpoint (for oslo.limit's endpoint lookup).
+    keystone_region_name: str | None = None
+    #: An oslo.policy file (YAML or JSON) whose rules override Glance's defaults.
+    policy_file: Path | None = None
+    #: Take Glance's unified limits from Keystone (registered and project limits) instead of
+    #: the ``image_*_total`` / ``image_count_uploading`` settings below.
+    use_keystone_limits: bool = False
+    #: Glance's unified limits when not taken from Keystone; None is unlimited.
+    image_size_total: int | None = Field(default=None, ge=0)  # MiB of active image data
+    image_stage_total: int | None = Field(default=None, ge=0)  # MiB of staged uploads
+    image_count_total: int | None = Field(default=None, ge=0)  # images a project owns
+    image_count_uploading: int | None = Field(default=None, ge=0)  # uploads and imports at once
+    #: Glance's per-image quotas.
+    max_image_properties: int = Field(default=DEFAULT_MAX_IMAGE_PROPERTIES, ge=0)
+    max_image_members: int = Field(default=DEFAULT_MAX_IMAGE_MEMBERS, ge=0)
+    max_image_locations: int = Field(default=DEFAULT_MAX_IMAGE_LOCATIONS, ge=0)
+    #: Hours a staged upload that is never imported is kept (it counts towards
+    #: ``image_stage_total`` until then).
+    staging_ttl_hours: float = Field(default=DEFAULT_STAGING_TTL_HOURS, gt=0)
+    #: Seconds one read of a request body may wait before the request is dropped.
+    client_socket_timeout: float = Field(default=DEFAULT_CLIENT_SOCKET_TIMEOUT, gt=0)
+    #: Uploads (``PUT /stage``, ``PUT /file``) at once, in all and per project; None is
+    #: unlimited. Past the cap an upload is refused (503 in all, 413 per project).
+    max_concurrent_uploads: int | None = Field(default=None, ge=1)
+    max_concurrent_uploads_per_project: int | None = Field(default=None, ge=1)
 
     @classmethod
     def settings_customise_sources(
@@ -183,6 +233,21 @@ class Settings(BaseSettings):
         if toml_file is None:
             return (init_settings, env_settings)
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file))
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if self.auth_strategy != "keystone":
+            return self
+        needed = ("keystone_auth_url", "keystone_username", "keystone_password")
+        missing = [f"IMAGEPORT_{name.upper()}" for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"auth_strategy keystone needs {', '.join(missing)}")
+        if self.api_token is not None:
+            raise ValueError(
+                "api_token is a shared key in X-Auth-Token, where keystone expects the user's "
+                "token: unset IMAGEPORT_API_TOKEN with auth_strategy keystone"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_default_store(self) -> Settings:

@@ -25,7 +25,11 @@ that says what to do about it::
     ├── StateError                    a status change that the state machine refuses
     │   ├── IllegalTransition         the transition is not in the state machine at all
     │   └── StateConflict             the record moved on under us (compare-and-set lost)
-    └── ConfigurationError            the settings are unusable (unknown store, bad URL)
+    ├── ConfigurationError            the settings are unusable (unknown store, bad URL)
+    └── AccessError                   the caller may not do this (API: 401, 403, 413)
+        ├── Unauthenticated           no valid identity (missing, invalid or expired token)
+        ├── Forbidden                 the policy refuses the action to this caller
+        └── OverQuota                 a quota or per-image limit would be exceeded
 
     JobInterrupted (BaseException)    a signal to stop the running job (cancel, lease lost,
                                       shutdown, stall); never an import failure by itself
@@ -191,6 +195,30 @@ class ConfigurationError(PipelineError):
     """The settings cannot work (unknown store kind, default store missing, bad URL)."""
 
     code = "configuration_error"
+
+
+class AccessError(PipelineError):
+    """The caller may not do this; never retried."""
+
+    code = "access_denied"
+
+
+class Unauthenticated(AccessError):
+    """No valid identity: the token is missing, invalid or expired (HTTP 401)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(AccessError):
+    """The policy refuses the action to this caller (HTTP 403)."""
+
+    code = "forbidden"
+
+
+class OverQuota(AccessError):
+    """A quota (unified limit) or a per-image limit would be exceeded (HTTP 413)."""
+
+    code = "over_quota"
 
 
 class JobInterrupted(BaseException):

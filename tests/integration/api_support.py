@@ -17,6 +17,11 @@ import httpx
 
 START_TIMEOUT = 60.0  # seconds for the server to answer /healthz
 
+#: What an authenticating proxy adds in front of an API with auth_strategy trusted-proxy.
+CONFIRMED = {"X-Identity-Status": "Confirmed"}
+#: An administrator, as a trusted proxy confirms one.
+TRUSTED_ADMIN = {**CONFIRMED, "X-Project-Id": "admin-project", "X-Roles": "admin,member,reader"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -9,8 +9,10 @@ import time
 
 import httpx
 import pytest
-from api_support import api_server, file_server, wait_status
+from api_support import TRUSTED_ADMIN, api_server, file_server, wait_status
 from glanceclient import Client as GlanceClient
+from keystoneauth1 import noauth
+from keystoneauth1 import session as ks_session
 from openstack import connection
 
 pytestmark = [
@@ -35,6 +37,7 @@ def served(tmp_path_factory):
         }
         with api_server(
             root / "data",
+            auth_strategy="trusted-proxy",
             stores=stores,
             web_download_allowed_networks=["127.0.0.0/8"],
             web_download_ports=[port],
@@ -45,20 +48,22 @@ def served(tmp_path_factory):
 @pytest.fixture
 def conn(served):
     server, _ = served
-    return connection.Connection(
-        auth_type="none", auth={"endpoint": server.url}, image_api_version="2"
+    # The identity an authenticating proxy would add, on every request of the SDK.
+    session = ks_session.Session(
+        auth=noauth.NoAuth(endpoint=server.url), additional_headers=TRUSTED_ADMIN
     )
+    return connection.Connection(session=session, image_api_version="2")
 
 
 @pytest.fixture
 def http(served):
-    with httpx.Client(base_url=served[0].url, timeout=60) as client:
+    with httpx.Client(base_url=served[0].url, timeout=60, headers=TRUSTED_ADMIN) as client:
         yield client
 
 
 @pytest.fixture
 def glance(served):
-    return GlanceClient("2", endpoint=served[0].url, token="unused")
+    return GlanceClient("2", endpoint=served[0].url, token="unused", identity_headers=TRUSTED_ADMIN)
 
 
 def test_sdk_glance_direct_then_download(conn, http):
@@ -172,7 +177,7 @@ def test_glanceclient_upload_update_and_list(glance, http):
 def test_glanceclient_members(glance, served):
     owner = {"X-Project-Id": "alice", "X-Roles": "member"}
     guest = {"X-Project-Id": "bob", "X-Roles": "member"}
-    with httpx.Client(base_url=served[0].url) as client:
+    with httpx.Client(base_url=served[0].url, headers=TRUSTED_ADMIN) as client:
         image = client.post("/v2/images", json={"name": "shared-1"}, headers=owner).json()
         assert client.get(f"/v2/images/{image['id']}", headers=guest).status_code == 404
         member = glance.image_members.create(image["id"], "bob")

@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 import pytest
-from api_support import api_server, wait_status
+from api_support import TRUSTED_ADMIN, api_server, wait_status
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 ALICE = {"X-Project-Id": "alice", "X-Roles": "member"}
@@ -19,13 +19,19 @@ DATA = os.urandom(1024 * 1024 + 7)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("rules")
-    with api_server(root / "data", max_image_tags=3, max_image_bytes=4 * 1024 * 1024) as srv:
+    with api_server(
+        root / "data",
+        auth_strategy="trusted-proxy",
+        max_image_tags=3,
+        max_image_bytes=4 * 1024 * 1024,
+    ) as srv:
         yield srv
 
 
 @pytest.fixture
 def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    # An administrator by default; ALICE and BOB replace the project and the roles.
+    with httpx.Client(base_url=server.url, timeout=60, headers=TRUSTED_ADMIN) as client:
         yield client
 
 

@@ -9,14 +9,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-from api_support import api_server
+from api_support import TRUSTED_ADMIN, api_server
 
 from imageport.records import TaskStatus, repository
 
 ADMIN = {"X-Project-Id": "ops", "X-Roles": "admin"}
 ALICE = {"X-Project-Id": "alice", "X-Roles": "member"}
 BOB = {"X-Project-Id": "bob", "X-Roles": "member"}
-NO_PROJECT = {"X-Roles": "member"}  # roles but no project: owns nothing
+NO_PROJECT = {"X-Project-Id": "", "X-Roles": "member"}  # roles but no project: owns nothing
 STUB_FIELDS = {
     "id", "type", "status", "owner", "expires_at", "created_at", "updated_at", "self", "schema",
     "image_id", "error_code",
@@ -88,8 +88,10 @@ def seeded(database):
 @pytest.fixture
 def http(database_url, tmp_path):
     with (
-        api_server(tmp_path / "data", database_url=database_url) as server,
-        httpx.Client(base_url=server.url, timeout=60) as client,
+        api_server(
+            tmp_path / "data", database_url=database_url, auth_strategy="trusted-proxy"
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=60, headers=TRUSTED_ADMIN) as client,
     ):
         yield client
 

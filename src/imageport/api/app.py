@@ -12,7 +12,9 @@ from contextlib import ExitStack, asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from imageport.access.authn import TokenGate, build_authenticator
 from imageport.api import data, discovery, errors, images, imports, listing, members, tasks
+from imageport.api.auth import AuthMiddleware
 from imageport.api.deps import ApiContext
 from imageport.config import Settings
 from imageport.pipeline import Services
@@ -61,6 +63,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     )
     app.state.settings = settings
     errors.install(app)
+    gate = TokenGate(settings.api_token) if settings.api_token is not None else None
+    app.add_middleware(AuthMiddleware, authenticator=build_authenticator(settings), gate=gate)
     for module in (discovery, listing, images, data, imports, members, tasks):
         app.include_router(module.router)
     return app

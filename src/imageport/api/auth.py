@@ -1,39 +1,90 @@
-"""Who is calling: Glance's header identity (no Keystone), and the optional static token.
+"""Who is calling: the authentication middleware, and the identity routes receive.
 
-Like Glance's deployment without Keystone, the caller's identity is read from ``X-Project-Id``
-(or the older ``X-Tenant-Id``), ``X-User-Id`` and ``X-Roles`` (comma-separated; ``admin``
-makes an administrator). A request with neither a project nor roles is anonymous and, as in
-Glance's ``UnauthenticatedContextMiddleware``, acts as an administrator: bind the API to a
-private address or set ``api_token``. With ``api_token`` set, every API request must carry that
-token in ``X-Auth-Token`` (401 otherwise).
+:class:`AuthMiddleware` runs before any route. On every path but the open ones (``/``,
+``/versions``, ``/healthz``, ``/readyz``) it drops the identity headers the client sent,
+asks the configured strategy (:mod:`imageport.access.authn`) who is calling, and answers 401
+when nobody is. Routes receive the result as a :data:`Caller` parameter.
 """
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imageport.api.errors import ApiError
+from imageport.access.authn import Authenticator, TokenGate
+from imageport.access.identity import ADMIN_ROLE, Identity, is_identity_header
+from imageport.api.errors import ApiError, error_body
 from imageport.config import Settings
+from imageport.errors import Unauthenticated
 
-ADMIN_ROLE = "admin"
+__all__ = ["ADMIN_ROLE", "AuthMiddleware", "Caller", "Identity", "identify", "settings_of"]
+
+#: Paths anyone may call: version discovery and the health checks.
+OPEN_PATHS = frozenset({"/", "/versions", "/healthz", "/readyz"})
 
 
-@dataclass(frozen=True)
-class Identity:
-    """The caller: project, user and roles."""
+class AuthMiddleware:
+    """Authenticates every request but those to :data:`OPEN_PATHS` (ASGI middleware)."""
 
-    project_id: str | None
-    user_id: str | None
-    roles: frozenset[str]
+    def __init__(
+        self, app: ASGIApp, authenticator: Authenticator, gate: TokenGate | None = None
+    ) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.gate = gate
+        # Token validation may block on Keystone: its threads must not be the ones uploads
+        # and routes run in, or a slow Keystone would stall every request.
+        self._limiter = anyio.CapacityLimiter(16)
 
-    @property
-    def is_admin(self) -> bool:
-        """Admins see and change every image; anonymous callers are admins (see the module)."""
-        return ADMIN_ROLE in self.roles or (self.project_id is None and not self.roles)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authenticate an HTTP request, then hand it on (or answer 401)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Read before they are dropped: only the strategy may look at what the client claims.
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # Whatever identity the client claims in headers is dropped, on every path, so no
+        # route can read it.
+        scope["headers"] = [
+            (k, v) for k, v in scope["headers"] if not is_identity_header(k.decode("latin-1"))
+        ]
+        if scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            if self.gate is not None:
+                self.gate.check(headers)
+            identity = await self._authenticate(headers)
+        except Unauthenticated as exc:
+            await self._refuse(send, exc)
+            return
+        scope.setdefault("state", {})["identity"] = identity
+        await self.app(scope, receive, send)
+
+    async def _authenticate(self, headers: Mapping[str, str]) -> Identity:
+        if not self.authenticator.blocking:
+            return self.authenticator.authenticate(headers)
+        return await anyio.to_thread.run_sync(
+            self.authenticator.authenticate, headers, limiter=self._limiter
+        )
+
+    async def _refuse(self, send: Send, exc: Unauthenticated) -> None:
+        body = json.dumps(error_body(401, exc.message, exc.code)).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        challenge = self.authenticator.challenge()
+        if challenge is not None:
+            headers.append((b"www-authenticate", challenge.encode("latin-1")))
+        start: Message = {"type": "http.response.start", "status": 401, "headers": headers}
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
 
 
 def settings_of(request: Request) -> Settings:
@@ -43,21 +94,15 @@ def settings_of(request: Request) -> Settings:
 
 
 def identify(request: Request) -> Identity:
-    """FastAPI dependency: check the token, then read the identity headers.
+    """FastAPI dependency: the identity the middleware established.
 
     Raises:
-        ApiError: 401 when ``api_token`` is set and the request does not carry it.
+        ApiError: 401 when the request was not authenticated (an open path).
     """
-    token = settings_of(request).api_token
-    if token is not None:
-        given = request.headers.get("X-Auth-Token", "")
-        # Constant-time: the comparison must not tell how much of a guess was right.
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(401, "this API needs a valid X-Auth-Token", code="unauthorized")
-    headers = request.headers
-    project = headers.get("X-Project-Id") or headers.get("X-Tenant-Id") or None
-    roles = frozenset(r.strip().lower() for r in headers.get("X-Roles", "").split(",") if r.strip())
-    return Identity(project_id=project, user_id=headers.get("X-User-Id") or None, roles=roles)
+    identity: Identity | None = getattr(request.state, "identity", None)
+    if identity is None:
+        raise ApiError(401, "this request needs an authenticated identity", code="unauthorized")
+    return identity
 
 
 #: Parameter type of a route that needs the caller's identity.

@@ -24,14 +24,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imageport.errors import (
     ConfigurationError,
+    Forbidden,
     HashMismatch,
     InvalidRequest,
     NotFound,
+    OverQuota,
     PermanentError,
     PipelineError,
     SizeLimitExceeded,
     StateError,
     TransientError,
+    Unauthenticated,
     UnsafeImage,
 )
 
@@ -48,6 +51,9 @@ CRASH_MESSAGE = (
 #: HTTP status of each imageport error class; the first match wins (most specific first).
 STATUS_OF: tuple[tuple[type[PipelineError], int], ...] = (
     (NotFound, 404),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (OverQuota, 413),
     (SizeLimitExceeded, 413),
     (StateError, 409),
     (InvalidRequest, 400),
@@ -117,13 +123,17 @@ def status_of(exc: PipelineError) -> int:
     return next((status for kind, status in STATUS_OF if isinstance(exc, kind)), 500)
 
 
+def error_body(status: int, message: str, code: str) -> dict[str, str]:
+    """An error in Glance's shape, plus imageport's ``error_code``."""
+    phrase = HTTPStatus(status).phrase
+    return {"code": f"{status} {phrase}", "title": phrase, "message": message, "error_code": code}
+
+
 def error_response(
     status: int, message: str, code: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """A response in Glance's error shape."""
-    phrase = HTTPStatus(status).phrase
-    body = {"code": f"{status} {phrase}", "title": phrase, "message": message, "error_code": code}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:

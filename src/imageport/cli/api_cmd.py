@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
 import typer
 import uvicorn
 
 from imageport.api import create_app
-from imageport.cli.common import settings
+from imageport.cli.common import EXIT_USAGE, settings
 
 
 def api_command(
@@ -21,13 +22,33 @@ def api_command(
 ) -> None:
     """Serve the Image API v2; with broker memory:// this process also runs the imports."""
     conf = settings()
+    listen = host or conf.api_host
+    if conf.auth_strategy == "noauth" and not is_loopback(listen):
+        typer.echo(
+            f"error [configuration_error] auth_strategy noauth makes every caller an "
+            f"administrator, so imageport api listens only on a loopback address, not {listen}: "
+            "set IMAGEPORT_AUTH_STRATEGY=keystone (or trusted-proxy behind an authenticating "
+            "proxy), or listen on 127.0.0.1",
+            err=True,
+        )
+        raise typer.Exit(EXIT_USAGE)
     app = create_app(conf)
     uvicorn.run(
         app,
-        host=host or conf.api_host,
+        host=listen,
         port=port or conf.api_port,
         log_level=conf.log_level,
         # Bodies stream through to the staging area; no proxy headers are trusted by default.
         proxy_headers=False,
         server_header=False,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to a public address
