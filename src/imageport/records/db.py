@@ -9,6 +9,7 @@ is needed at run time.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -38,6 +40,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x696D67706F7274
 #: Milliseconds SQLite waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_LOCKED_RETRIES = 20  # attempts at an upgrade SQLite refused as locked without waiting
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -123,6 +126,23 @@ class Database:
         Raises:
             ConfigurationError: if the database holds a revision these migrations do not know.
         """
+        for attempt in range(SQLITE_LOCKED_RETRIES + 1):
+            try:
+                self._upgrade_once(revision)
+            except OperationalError as exc:
+                # SQLite answers "database is locked" at once, without waiting out the busy
+                # timeout, when two connections that each read first both want to write (it
+                # would deadlock otherwise): that happens when processes start together on a
+                # new file, while one switches it to WAL. Try again; the winner's upgrade
+                # makes the next attempt a no-op.
+                locked = self.is_sqlite and "locked" in str(exc.orig)
+                if not locked or attempt == SQLITE_LOCKED_RETRIES:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+            else:
+                return
+
+    def _upgrade_once(self, revision: str) -> None:
         with self.engine.connect() as connection:
             self._lock_for_migration(connection)
             try:
