@@ -57,6 +57,9 @@ if [ "$mode" = test ]; then
   if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     missing+=(postgresql)
   fi
+  # Real image producers' tools for the producer matrix (hybrid ISO, GPT written by sgdisk).
+  command -v xorriso >/dev/null 2>&1 || missing+=(xorriso)
+  command -v sgdisk >/dev/null 2>&1 || missing+=(gdisk)
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

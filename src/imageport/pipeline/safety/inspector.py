@@ -4,7 +4,9 @@ The :class:`StreamInspector` sees every byte as it is staged (decompressed bytes
 was compressed) and runs every oslo format inspector in parallel. Its verdict comes from content
 alone: exactly one detected format (``iso`` with ``gpt`` counts as ``iso``; ``gpt`` counts as
 ``raw``; a VHD footer at EOF makes raw data a fixed VHD), equal to the declared ``disk_format``,
-allowed by settings, passing oslo's safety checks and ours (:mod:`.headers`, :mod:`.vhd`).
+allowed by settings, passing oslo's safety checks and ours (:mod:`.headers`, :mod:`.vhd`,
+:mod:`.vmdk`). Every refusal message ends with the rule that refused and the field at fault,
+e.g. ``(rule vmdk_footer)``, so an operator can tell a hostile file from a tool's quirk.
 
 Rejection is as early as the bytes allow: once every inspector has its header regions (the
 *decision point*, usually inside the first chunk), a refusal that no later byte can change is
@@ -21,14 +23,16 @@ from oslo_utils.imageutils import format_inspector
 
 from imageport.config import Settings
 from imageport.errors import UnsafeImage
-from imageport.pipeline.safety import headers, vhd
+from imageport.pipeline.safety import headers, vhd, vmdk
 
 _Inspector = format_inspector.FileInspector
 _Detected = tuple[_Inspector | None, str, str | None]  # (oslo inspector, name, subformat)
 
 _HEAD_SLICE = 64 * 1024  # bytes given to oslo at a time before the decision point
 HEAD_SIZE = 512  # bytes kept from the start: every header we parse ourselves fits in it
-_VMDK_FOOTER_TAIL = 1536  # bytes oslo's VMDK footer check keeps from the end (EndCaptureRegion)
+#: Bytes kept from the end: the VMDK stream footer (oslo's EndCaptureRegion keeps as much);
+#: the VHD footer is the last 512 of them.
+_TAIL_SIZE = vmdk.FOOTER_TAIL
 #: Content that may turn out to be a fixed VHD once its footer is seen at EOF.
 _RAW_LIKE = frozenset({"raw", "gpt", "iso"})
 #: oslo safety-check names mapped to our stable reason codes.
@@ -106,16 +110,16 @@ class StreamInspector:
         self.total += len(chunk)
         if len(self._head) < HEAD_SIZE:
             self._head += chunk[: HEAD_SIZE - len(self._head)]
-        # Keep the last 512 bytes for the VHD footer: one small copy per chunk, never the chunk.
-        if len(chunk) >= vhd.FOOTER_SIZE:
-            self._tail = bytes(chunk[-vhd.FOOTER_SIZE :])
+        # Keep the last bytes for the VHD and VMDK footers: one small copy per chunk.
+        if len(chunk) >= _TAIL_SIZE:
+            self._tail = bytes(chunk[-_TAIL_SIZE:])
         else:
-            self._tail = (self._tail + bytes(chunk))[-vhd.FOOTER_SIZE :]
+            self._tail = (self._tail + bytes(chunk))[-_TAIL_SIZE:]
         if self._decided:
             # Past the decision point only end regions (VMDK footer) still want bytes, and
             # they keep only the last 1536: hand them that much instead of the whole chunk.
             for inspector in self._tail_fed:
-                self._eat(inspector, chunk[-_VMDK_FOOTER_TAIL:])
+                self._eat(inspector, chunk[-_TAIL_SIZE:])
             return None
         # Until the decision point, oslo sees the bytes in small slices: its inspectors add
         # capture regions only between two chunks (VHDX finds its virtual-size item one chunk
@@ -161,7 +165,9 @@ class StreamInspector:
     def _evaluate(self, *, at_eof: bool) -> Verdict | None:  # noqa: PLR0911
         """The verdict, or None when (before EOF) acceptance is still possible."""
         if at_eof and self.total == 0:
-            return reject("raw", "empty_image", "the image is empty: upload the disk image file")
+            return reject(
+                "raw", "empty_image", "the image is empty: upload the disk image file (rule empty)"
+            )
         early = self._by_magic(at_eof=at_eof)
         if early is not None:
             return early
@@ -176,10 +182,15 @@ class StreamInspector:
                 name,
                 "format_mismatch",
                 f"the image content is {name} but disk_format is {self._declared}: "
-                f"declare disk_format={name} if that is what you meant",
+                f"declare disk_format={name} if that is what you meant "
+                "(rule declared_format, field: disk_format)",
             )
         if name not in self._settings.allowed_disk_formats:
-            return reject(name, "banned_format", f"disk format {name} is not accepted here")
+            return reject(
+                name,
+                "banned_format",
+                f"disk format {name} is not accepted here (rule allowed_disk_formats)",
+            )
         problem = self._problem(inspector, name, subformat, at_eof=at_eof)
         if problem is not None:
             return reject(name, *problem)
@@ -191,38 +202,65 @@ class StreamInspector:
             return None
         return Verdict(accepted=True, detected_format=name, virtual_size=size, subformat=subformat)
 
-    def _by_magic(self, *, at_eof: bool) -> Verdict | None:
+    def _by_magic(self, *, at_eof: bool) -> Verdict | None:  # noqa: PLR0911 - one per rule
         """Formats that are refused whatever else the bytes say, and broken headers."""
         claimed = headers.magic_format(self._head)
         if claimed in ("qcow", "qed"):
-            return reject(claimed, "banned_format", f"{claimed} images are not accepted")
+            return reject(
+                claimed,
+                "banned_format",
+                f"{claimed} images are not accepted (rule banned_format, field: magic)",
+            )
         if claimed == "luks":
-            return reject("luks", "encrypted", "LUKS-encrypted images cannot be inspected")
+            return reject(
+                "luks",
+                "encrypted",
+                "LUKS-encrypted images cannot be inspected (rule encrypted, field: magic)",
+            )
         if claimed is None:
             return None
+        if claimed == "vmdk" and (at_eof or len(self._head) == HEAD_SIZE):
+            problem = vmdk.header_problem(self._head)  # names the field oslo's error hides
+            if problem is not None:
+                return reject(claimed, *problem)
         if claimed in self._errors:
             code = "vmdk_structure" if claimed == "vmdk" else "truncated"
             return reject(
-                claimed, code, f"the {claimed} header is invalid: {self._errors[claimed]}"
+                claimed,
+                code,
+                f"the {claimed} header is invalid: {self._errors[claimed]} "
+                f"(rule header, oslo.utils' {claimed} inspector)",
             )
         running = self._running.get(claimed)
         if at_eof and running is not None and not running.complete:
             return reject(
                 claimed,
                 "truncated",
-                f"the file ends inside its {claimed} header: upload the complete image",
+                f"the file ends inside its {claimed} header: upload the complete image "
+                "(rule header, field: file length)",
             )
         return None
 
+    @property
+    def _vhd_tail(self) -> bytes:
+        return self._tail[-vhd.FOOTER_SIZE :]
+
     def _detect(self, *, at_eof: bool) -> tuple[_Detected | None, Verdict | None]:
+        # Before EOF, an inspector that only waits for an end region (a VMDK whose grain
+        # directory is at the end waits for its footer) already knows its format: counting it
+        # as no match would call a VMware streamOptimized file raw.
         matches = [
-            i for n, i in self._running.items() if n != "raw" and i.complete and i.format_match
+            i
+            for n, i in self._running.items()
+            if n != "raw"
+            and (i.complete or (not at_eof and _only_end_regions_pending(i)))
+            and i.format_match
         ]
         names = {m.NAME for m in matches}
         if names == {"iso", "gpt"}:  # a hybrid ISO carries an MBR: it is an ISO
             matches = [m for m in matches if m.NAME == "iso"]
             names = {"iso"}
-        footer = vhd.parse_footer(self._tail) if at_eof and self.total > HEAD_SIZE else None
+        footer = vhd.parse_footer(self._vhd_tail) if at_eof and self.total > HEAD_SIZE else None
         only = matches[0].NAME if len(matches) == 1 else "raw"
         if footer is not None and len(matches) <= 1 and only in _RAW_LIKE:
             # Raw bytes followed by a VHD footer: a fixed VHD (header-only probes say raw).
@@ -231,7 +269,11 @@ class StreamInspector:
             names.add("vhd")
         if len(names) > 1:
             found = "+".join(sorted(_public_name(n) for n in names))
-            return None, reject(found, "multiple_formats", f"the image matches {found} at once")
+            return None, reject(
+                found,
+                "multiple_formats",
+                f"the image matches {found} at once (rule single_format)",
+            )
         if not matches:
             inspector, oslo_name = self._running["raw"], "raw"
         else:
@@ -245,36 +287,65 @@ class StreamInspector:
         self, inspector: _Inspector | None, name: str, subformat: str | None, *, at_eof: bool
     ) -> tuple[str, str] | None:
         head = self._head
+        ignored: frozenset[str] = frozenset()
         if name == "qcow2":
             problem = headers.qcow2_problem(head)
         elif name == "vmdk":
-            allowed = self._settings.allowed_vmdk_create_types
-            problem = headers.vmdk_problem(
-                head,
-                getattr(inspector, "vmdktype", None),  # set by oslo once the descriptor is read
-                getattr(inspector, "desc_text", None) or "",
-                allowed,
-            )
+            problem = self._vmdk_problem(inspector, at_eof=at_eof)
+            if not getattr(inspector, "desc_text", None):
+                # oslo decodes the descriptor as ASCII only, then finds "no descriptor" in the
+                # UTF-8 one VMware writes for a non-ASCII name; ours read it, with oslo's rules.
+                ignored = frozenset({"descriptor"})
         elif name == "vhd":
             fixed = subformat == "fixed"
-            source = self._tail if fixed else head
+            source = self._vhd_tail if fixed else head
             problem = vhd.disk_type_problem(int.from_bytes(source[60:64], "big"), fixed=fixed)
+        elif name == "vdi":
+            problem = headers.vdi_problem(head)
         else:
             problem = None
+        # For a fixed VHD the inspector is that of the disk inside (raw, gpt, iso): a GPT disk
+        # keeps its protective-MBR rules when wrapped.
+        if problem is None and inspector is not None and inspector.NAME == "gpt":
+            problem = headers.mbr_problem(head)
         if problem is not None:
             return problem
-        # For a fixed VHD this is the inspector of the disk inside (raw, gpt, iso): a GPT disk
-        # keeps its protective-MBR rules when wrapped.
         if inspector is not None and (at_eof or inspector.complete):
-            return _oslo_safety(inspector, name)
+            return _oslo_safety(inspector, name, ignored)
         return None
+
+    def _vmdk_problem(
+        self, inspector: _Inspector | None, *, at_eof: bool
+    ) -> tuple[str, str] | None:
+        header = vmdk.parse_header(self._head)
+        if header is None or inspector is None:  # no KDMV: a text descriptor file
+            text = vmdk.decode_descriptor(inspector.region("descriptor").data) if inspector else ""
+            create_type = ", ".join(vmdk.create_types(text)) or "missing"
+            return (
+                "vmdk_subformat",
+                f"VMDK descriptor field createType is {create_type} in a text descriptor file "
+                "(no KDMV header): its data lives in the other files it names; upload a "
+                "single-file monolithicSparse or streamOptimized VMDK (rule vmdk_descriptor_file)",
+            )
+        text = vmdk.decode_descriptor(inspector.region("descriptor").data)
+        problem = vmdk.descriptor_problem(text, self._settings.allowed_vmdk_create_types)
+        if problem is None and at_eof:
+            problem = vmdk.footer_problem(header, self._tail, self.total)
+        return problem
 
     def _virtual_size(self, inspector: _Inspector | None, name: str, subformat: str | None) -> int:
         if subformat == "fixed":
-            parsed = vhd.parse_footer(self._tail)
-            return parsed.original_size if parsed is not None else 0
+            parsed = vhd.parse_footer(self._vhd_tail)
+            return parsed.virtual_size if parsed is not None else 0
         if name == "raw" or inspector is None:
             return self.total
+        if name == "vhd":  # oslo reads original_size; qemu reads current_size or geometry
+            parsed = vhd.parse_footer(self._head)
+            if parsed is not None:
+                return parsed.virtual_size
+        if name == "vmdk":  # oslo says 0 when it could not decode the descriptor as ASCII
+            header = vmdk.parse_header(self._head)
+            return header.virtual_size if header is not None else 0
         size = int(inspector.virtual_size)
         # oslo reports 0 for UDF ISOs (no primary volume descriptor): the length is the size.
         return size or (self.total if name == "iso" else 0)
@@ -286,19 +357,27 @@ def _only_end_regions_pending(inspector: format_inspector.FileInspector) -> bool
     return all(r.complete or isinstance(r, format_inspector.EndCaptureRegion) for r in regions)
 
 
-def _oslo_safety(inspector: format_inspector.FileInspector, name: str) -> tuple[str, str] | None:
+def _oslo_safety(
+    inspector: format_inspector.FileInspector, name: str, ignored: frozenset[str]
+) -> tuple[str, str] | None:
+    """oslo.utils' own safety checks, except those in ``ignored`` (ours replaced them)."""
     try:
         inspector.safety_check()
     except format_inspector.SafetyCheckFailed as exc:
-        failed = sorted(exc.failures)
-        check = failed[0].removeprefix("inner_")
-        detail = "; ".join(f"{k}: {v}" for k, v in exc.failures.items())
+        failures = {k: v for k, v in exc.failures.items() if k not in ignored}
+        if not failures:
+            return None
+        check = sorted(failures)[0].removeprefix("inner_")
+        detail = "; ".join(f"{k}: {v}" for k, v in failures.items())
         code = _CHECK_CODES.get(check, "format_mismatch")
         if check == "descriptor" and "subformat" in detail.lower():
             code = "vmdk_subformat"
-        return code, f"the {name} image failed safety checks ({detail})"
+        return (
+            code,
+            f"the {name} image failed oslo.utils' safety checks ({detail}) (rule oslo_{check})",
+        )
     except format_inspector.ImageFormatError as exc:
-        return "truncated", f"the {name} image is incomplete: {exc}"
+        return "truncated", f"the {name} image is incomplete: {exc} (rule oslo_complete)"
     return None
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from imageport.config import Settings
 from imageport.errors import UnsafeImage
+from imageport.pipeline.safety import vhdx
 from imageport.pipeline.safety.headers import virtual_size_problem
 from imageport.pipeline.safety.inspector import Verdict
 from imageport.pipeline.safety.qemu import QemuImg, qemu_format
@@ -40,6 +41,10 @@ def second_opinion(qemu: QemuImg, path: Path, verdict: Verdict, settings: Settin
     """
     verdict.raise_if_rejected()  # never hand qemu-img a file the inspector refused
     fmt = verdict.detected_format or "raw"
+    if fmt == "vhdx":  # qemu would refuse a checkpoint without saying why
+        problem = vhdx.parent_problem(path)
+        if problem is not None:
+            raise UnsafeImage(problem[1], code=problem[0])
     probe = qemu.info(path, None)
     # qemu probes headers only: a fixed VHD (footer at EOF) is raw to it, as oslo would say.
     expected = "raw" if verdict.subformat == "fixed" else qemu_format(fmt)
@@ -50,7 +55,8 @@ def second_opinion(qemu: QemuImg, path: Path, verdict: Verdict, settings: Settin
     if probe.get("format") != expected:
         raise ProbeMismatch(
             f"qemu-img recognises the image as {probe.get('format')}, the inspector as {fmt}: "
-            "images in formats imageport cannot inspect are refused",
+            "images in formats imageport cannot inspect are refused "
+            "(rule qemu_probe, field: format)",
             probed=probe.get("format"),
         )
     return int(info["virtual-size"])
@@ -65,29 +71,33 @@ def cross_check(info: dict[str, Any], path: Path, verdict: Verdict, settings: Se
     name = verdict.detected_format or "raw"
     if info.get("format") != qemu_format(name):
         raise UnsafeImage(
-            f"qemu-img reads the image as {info.get('format')}, the inspector as {name}",
+            f"qemu-img reads the image as {info.get('format')}, the inspector as {name} "
+            "(rule qemu_info, field: format)",
             code="qemu_probe_mismatch",
         )
     data = info.get("format-specific", {}).get("data", {})
     for code, message in _unsafe_features(info, data):
-        raise UnsafeImage(f"qemu-img reports that {message}", code=code)
+        raise UnsafeImage(f"qemu-img reports that {message} (rule qemu_info)", code=code)
     if name == "vmdk":
         _check_vmdk(data, path, settings)
     problem = virtual_size_problem(int(info.get("virtual-size", 0)), settings.max_virtual_size)
     if problem is not None:
-        raise UnsafeImage(problem[1], code=problem[0])
+        raise UnsafeImage(f"qemu-img reports that {problem[1]}", code=problem[0])
 
 
 def _unsafe_features(info: dict[str, Any], data: dict[str, Any]) -> list[tuple[str, str]]:
     found = []
     if "backing-filename" in info or "full-backing-filename" in info:
-        found.append(("backing_file", "the image names a backing file"))
+        named = str(info.get("backing-filename") or info.get("full-backing-filename"))[:200]
+        found.append(
+            ("backing_file", f"the image names a backing file {named!r} (field: backing-filename)")
+        )
     if "data-file" in data or data.get("data-file-raw"):
-        found.append(("data_file", "the image uses an external data file"))
+        found.append(("data_file", "the image uses an external data file (field: data-file)"))
     if info.get("encrypted") or "encrypt" in data:
-        found.append(("encrypted", "the image is encrypted"))
+        found.append(("encrypted", "the image is encrypted (field: encrypted)"))
     if data.get("corrupt"):
-        found.append(("corrupt", "the image is corrupt"))
+        found.append(("corrupt", "the image is corrupt (field: corrupt)"))
     return found
 
 
@@ -95,14 +105,18 @@ def _check_vmdk(data: dict[str, Any], path: Path, settings: Settings) -> None:
     create_type = data.get("create-type")
     if create_type not in settings.allowed_vmdk_create_types:
         raise UnsafeImage(
-            f"qemu-img reports VMDK create type {create_type}, which is not allowed",
+            f"qemu-img reports VMDK create type {create_type}, which is not allowed "
+            "(rule qemu_vmdk, field: create-type)",
             code="vmdk_subformat",
         )
     mine = path.resolve()
     for extent in data.get("extents", []):
-        # qemu-img reports the extent names it resolved; only this very file may appear.
+        # qemu-img reports the extent files it opened, not the descriptor's names: for the one
+        # SPARSE extent of a monolithicSparse or streamOptimized file that is the file itself,
+        # whatever name the descriptor gives (a renamed upload passes). Nothing else may appear.
         if Path(str(extent.get("filename", ""))).resolve() != mine:
             raise UnsafeImage(
-                f"qemu-img reports a VMDK extent {extent.get('filename')} besides the image",
+                f"qemu-img reports a VMDK extent {extent.get('filename')} besides the image "
+                "(rule qemu_vmdk, field: extents)",
                 code="vmdk_extent",
             )
