@@ -53,4 +53,4 @@ clean:
 	find src tests bench scripts -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-keystone

@@ -60,6 +60,12 @@ if [ "$mode" = test ]; then
   # Real image producers' tools for the producer matrix (hybrid ISO, GPT written by sgdisk).
   command -v xorriso >/dev/null 2>&1 || missing+=(xorriso)
   command -v sgdisk >/dev/null 2>&1 || missing+=(gdisk)
+  # Keystone's venv (below) compiles uWSGI: a C compiler and Python's headers.
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  if ! "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    missing+=(python3-dev)
+  fi
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -77,4 +83,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   apt-get update -qq </dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+fi
+
+# --- Keystone for the identity tests -----------------------------------------------------
+# Its own venv, so Keystone's pins never meet imageport's; rebuilt when the wanted versions
+# change. tests/integration/keystone_support.py runs it (uWSGI, SQLite, fernet keys).
+if [ "$mode" = test ]; then
+  KEYSTONE_VENV=${KEYSTONE_VENV:-.venv-keystone}
+  keystone_spec="keystone==30.0.0 uWSGI==2.0.31"
+  keystone_stamp="$KEYSTONE_VENV/.imageport-keystone"
+  if [ ! -f "$keystone_stamp" ] || [ "$(cat "$keystone_stamp")" != "$keystone_spec" ]; then
+    log "creating $KEYSTONE_VENV: pip install $keystone_spec (about a minute, uWSGI compiles)"
+    rm -rf "$KEYSTONE_VENV"
+    "$PYTHON" -m venv "$KEYSTONE_VENV"
+    # The venv ignores itself, so git never offers it for a commit.
+    echo '*' >"$KEYSTONE_VENV/.gitignore"
+    # shellcheck disable=SC2086 # the spec is a list of requirements
+    "$KEYSTONE_VENV/bin/python" -m pip install --quiet $keystone_spec
+    printf '%s\n' "$keystone_spec" >"$keystone_stamp"
+  fi
 fi

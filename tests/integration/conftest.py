@@ -53,3 +53,26 @@ def bucket(moto_endpoint):
     name = f"images-{secrets.token_hex(4)}"
     s3_client(moto_endpoint).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def keystone():
+    """A real Keystone (uWSGI, SQLite, fernet), started once per run; see keystone_support.
+
+    Skips when ``.venv-keystone`` is missing, except in CI (``CI`` set), where it fails:
+    scripts/bootstrap.sh --test installs it there.
+    """
+    # Imported here: keystoneauth1 is loaded only by the runs that use Keystone, and this
+    # file's imports stay as they were.
+    import os  # noqa: PLC0415
+
+    from keystone_support import KeystoneUnavailable, start_keystone  # noqa: PLC0415
+
+    try:
+        started = start_keystone()
+    except KeystoneUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Keystone is required in CI: {exc}")
+        pytest.skip(f"Keystone unavailable: {exc}")
+    yield started
+    started.stop()

@@ -9,10 +9,8 @@ import time
 
 import httpx
 import pytest
-from api_support import TRUSTED_ADMIN, api_server, file_server, wait_status
+from api_support import CONFIRMED, TRUSTED_ADMIN, api_server, file_server, wait_status
 from glanceclient import Client as GlanceClient
-from keystoneauth1 import noauth
-from keystoneauth1 import session as ks_session
 from openstack import connection
 
 pytestmark = [
@@ -48,11 +46,14 @@ def served(tmp_path_factory):
 @pytest.fixture
 def conn(served):
     server, _ = served
-    # The identity an authenticating proxy would add, on every request of the SDK.
-    session = ks_session.Session(
-        auth=noauth.NoAuth(endpoint=server.url), additional_headers=TRUSTED_ADMIN
+    # Built from configuration, so the SDK discovers the version from the root as a real cloud
+    # makes it do (a ready-made session skipped that and called /images unversioned).
+    conn = connection.Connection(
+        auth_type="none", auth={"endpoint": server.url}, image_api_version="2"
     )
-    return connection.Connection(session=session, image_api_version="2")
+    # The identity an authenticating proxy would add, on every request of the SDK.
+    conn.session.additional_headers.update(TRUSTED_ADMIN)
+    return conn
 
 
 @pytest.fixture
@@ -63,7 +64,10 @@ def http(served):
 
 @pytest.fixture
 def glance(served):
-    return GlanceClient("2", endpoint=served[0].url, token="unused", identity_headers=TRUSTED_ADMIN)
+    # One role: glanceclient percent-encodes header values, so "admin,member" would arrive as
+    # one unknown role (admin implies member and reader anyway).
+    admin = {**CONFIRMED, "X-Project-Id": "admin-project", "X-Roles": "admin"}
+    return GlanceClient("2", endpoint=served[0].url, token="unused", identity_headers=admin)
 
 
 def test_sdk_glance_direct_then_download(conn, http):

@@ -87,9 +87,16 @@ def seeded(database):
 
 @pytest.fixture
 def http(database_url, tmp_path):
+    # Glance's tasks_api_access is for administrators; an operator's policy file opens the
+    # tasks API to members here, so what each project sees can be tested.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('tasks_api_access: "role:member"\n')
     with (
         api_server(
-            tmp_path / "data", database_url=database_url, auth_strategy="trusted-proxy"
+            tmp_path / "data",
+            database_url=database_url,
+            auth_strategy="trusted-proxy",
+            policy_file=str(policy),
         ) as server,
         httpx.Client(base_url=server.url, timeout=60, headers=TRUSTED_ADMIN) as client,
     ):

@@ -13,9 +13,13 @@ from contextlib import ExitStack, asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from imageport.access.authn import TokenGate, build_authenticator
-from imageport.api import data, discovery, errors, images, imports, listing, members, tasks
+from imageport.access.policy import Policy
+from imageport.access.quotas import Quotas
+from imageport.api import actions, data, discovery, errors, images, imports, listing, members, tasks
 from imageport.api.auth import AuthMiddleware
+from imageport.api.body_timeout import BodyTimeoutMiddleware
 from imageport.api.deps import ApiContext
+from imageport.api.upload_slots import UploadSlots
 from imageport.config import Settings
 from imageport.pipeline import Services
 from imageport.workers.actors import declare_actors
@@ -36,6 +40,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First: a policy_file that is missing or unreadable stops the start-up before
+        # anything is opened.
+        policy = Policy.from_settings(settings)
         with ExitStack() as stack:
             svc = services
             if svc is None:
@@ -44,12 +51,14 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
             if settings.is_embedded or svc.db.is_sqlite:
                 svc.db.upgrade()  # the embedded database migrates itself, as in the CLI
             if settings.is_embedded:
-                worker = stack.enter_context(EmbeddedWorker(svc))
+                # A long-running server reaps too: expired leases, uploads never imported.
+                worker = stack.enter_context(EmbeddedWorker(svc, reaper=True))
                 enqueue = worker.actors.enqueue_import
             else:
                 opened = svc  # bound for the lambda: mypy cannot narrow a closure variable
                 enqueue = declare_actors(build_broker(settings), lambda: opened).enqueue_import
-            app.state.api = ApiContext(services=svc, enqueue=enqueue)
+            quotas = Quotas.from_settings(settings)
+            app.state.api = ApiContext(services=svc, enqueue=enqueue, quotas=quotas, policy=policy)
             yield
 
     app = FastAPI(
@@ -65,6 +74,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     errors.install(app)
     gate = TokenGate(settings.api_token) if settings.api_token is not None else None
     app.add_middleware(AuthMiddleware, authenticator=build_authenticator(settings), gate=gate)
-    for module in (discovery, listing, images, data, imports, members, tasks):
+    # Added last, so outermost: every request body read is timed, whoever reads it.
+    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.client_socket_timeout)
+    app.state.upload_slots = UploadSlots.from_settings(settings)
+    for module in (discovery, listing, images, actions, data, imports, members, tasks):
         app.include_router(module.router)
     return app

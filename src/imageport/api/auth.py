@@ -20,7 +20,7 @@ from imageport.access.authn import Authenticator, TokenGate
 from imageport.access.identity import ADMIN_ROLE, Identity, is_identity_header
 from imageport.api.errors import ApiError, error_body
 from imageport.config import Settings
-from imageport.errors import Unauthenticated
+from imageport.errors import TransientError, Unauthenticated
 
 __all__ = ["ADMIN_ROLE", "AuthMiddleware", "Caller", "Identity", "identify", "settings_of"]
 
@@ -60,7 +60,9 @@ class AuthMiddleware:
             if self.gate is not None:
                 self.gate.check(headers)
             identity = await self._authenticate(headers)
-        except Unauthenticated as exc:
+        except (Unauthenticated, TransientError) as exc:
+            # TransientError: Keystone unreachable or failing. A 503 here, never a pass, and
+            # never the 500 a middleware exception would become.
             await self._refuse(send, exc)
             return
         scope.setdefault("state", {})["identity"] = identity
@@ -73,16 +75,17 @@ class AuthMiddleware:
             self.authenticator.authenticate, headers, limiter=self._limiter
         )
 
-    async def _refuse(self, send: Send, exc: Unauthenticated) -> None:
-        body = json.dumps(error_body(401, exc.message, exc.code)).encode()
+    async def _refuse(self, send: Send, exc: Unauthenticated | TransientError) -> None:
+        status = 401 if isinstance(exc, Unauthenticated) else 503
+        body = json.dumps(error_body(status, exc.message, exc.code)).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
-        challenge = self.authenticator.challenge()
+        challenge = self.authenticator.challenge() if status == 401 else None
         if challenge is not None:
             headers.append((b"www-authenticate", challenge.encode("latin-1")))
-        start: Message = {"type": "http.response.start", "status": 401, "headers": headers}
+        start: Message = {"type": "http.response.start", "status": status, "headers": headers}
         await send(start)
         await send({"type": "http.response.body", "body": body})
 

@@ -4,6 +4,12 @@ The staging scan is synchronous and CPU-bound (hashing, inspection), so it runs 
 thread; that thread pulls the body from the event loop one piece at a time. uvicorn stops
 reading the socket while its buffer is full, so at most one chunk per stage is held in memory,
 whatever the size of the upload.
+
+The thread waits for the client between two pieces, so it must come from the uploads' own
+limiter (:mod:`imageport.api.upload_slots`), never from the pool other requests are served
+from; each wait is bounded by ``client_socket_timeout``
+(:mod:`imageport.api.body_timeout`), whose ``BodyReadTimeout`` reaches the thread as the
+exception of :func:`body_chunks`' iterator.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, Request
 
+from imageport.access.policy import Policy
+from imageport.access.quotas import Quotas
 from imageport.api.auth import Identity
 from imageport.config import Settings
 from imageport.pipeline import Services
@@ -20,6 +22,10 @@ class ApiContext:
 
     services: Services
     enqueue: Callable[[str], None]
+    #: Glance's unified limits and per-image quotas (see imageport.access.quotas).
+    quotas: Quotas
+    #: Glance's policy rules, with the operator's overrides (see imageport.access.policy).
+    policy: Policy
 
     @property
     def settings(self) -> Settings:

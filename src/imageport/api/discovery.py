@@ -8,8 +8,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from imageport.api import schemas
+from imageport.api.access import caller_target
 from imageport.api.auth import Caller
-from imageport.api.errors import ApiError, forbidden
+from imageport.api.deps import Ctx
+from imageport.api.errors import ApiError
 from imageport.health import readiness
 
 router = APIRouter()
@@ -109,10 +111,9 @@ def stores_info(request: Request, _who: Caller) -> dict[str, Any]:
 
 
 @router.get("/v2/info/stores/detail", tags=["discovery"])
-def stores_detail(request: Request, who: Caller) -> dict[str, Any]:
-    """The stores with their kind and properties (administrators only)."""
-    if not who.is_admin:
-        raise forbidden("store details are for administrators")
+def stores_detail(request: Request, ctx: Ctx, who: Caller) -> dict[str, Any]:
+    """The stores with their kind and properties (``stores_info_detail``: administrators)."""
+    ctx.policy.enforce("stores_info_detail", caller_target(who), who)
     default = request.app.state.settings.default_store
     return {
         "stores": [

@@ -2,7 +2,9 @@
 
 Glance's rules: read-only fields are refused with 403, as are Glance's reserved ``os_glance_*``
 properties; values of the wrong type or outside their enum are 400; too many tags is 413;
-only an administrator publishes an image (``public``) or gives it to another owner.
+only an administrator gives an image to another owner. Who may make an image ``public`` or
+``community`` is the policy's decision (``publicize_image``, ``communitize_image``), checked by
+the routes before these checks' values are written.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from imageport.access.quotas import per_image_message
 from imageport.api.auth import Identity
 from imageport.api.errors import ApiError, bad_request, forbidden
 from imageport.config import CONTAINER_FORMATS, DISK_FORMATS
@@ -56,7 +59,7 @@ def check_writable(name: str, who: Identity) -> None:
         raise forbidden("only an administrator may set an image's owner")
 
 
-def check_core(name: str, value: Any, who: Identity) -> Any:  # noqa: ANN401, C901
+def check_core(name: str, value: Any) -> Any:  # noqa: ANN401, C901
     """Validate one core field's value and return it as stored (400/403 on a bad value)."""
     if name in ("name", "owner"):
         if value is None or (isinstance(value, str) and len(value) <= MAX_LENGTH):
@@ -65,8 +68,6 @@ def check_core(name: str, value: Any, who: Identity) -> Any:  # noqa: ANN401, C9
     if name == "visibility":
         if value not in [str(v) for v in Visibility]:
             raise bad_request(f"visibility must be one of {', '.join(Visibility)}")
-        if value == Visibility.PUBLIC and not who.is_admin:
-            raise forbidden("only an administrator may make an image public")
         return value
     if name in ("protected", "os_hidden"):
         if not isinstance(value, bool):
@@ -113,8 +114,5 @@ def check_tags(value: object, limit: int) -> list[str]:
 def check_tag_count(count: int, limit: int) -> None:
     """Refuse more than ``limit`` tags with 413, Glance's quota answer."""
     if count > limit:
-        raise ApiError(
-            413,
-            f"an image may have at most {limit} tags (max_image_tags)",
-            code="tag_limit",
-        )
+        hint = "Remove tags first, or ask the operator to raise max_image_tags."
+        raise ApiError(413, per_image_message("tags", count, limit, hint), code="over_quota")

@@ -9,7 +9,6 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from imageport.api import access, fields, patch
 from imageport.api.auth import Caller, Identity
@@ -53,8 +52,13 @@ def create_image(
     core, tags, properties, image_id = _creation_fields(
         body or {}, who, ctx.settings.max_image_tags
     )
+    # Glance's order: the fields' own checks above, then the policy, then the quotas.
+    access.authorize_creation(ctx.policy, who, core["owner"], core.get("visibility"))
     try:
         with ctx.services.db.session() as session:
+            # Glance's order: the project's image count, then the new image's properties.
+            ctx.quotas.check_create(session, who.project_id)
+            ctx.quotas.check_properties(properties)
             if image_id is not None and session.get(Image, image_id) is not None:
                 raise conflict(f"an image with id {image_id} already exists", code="duplicate_id")
             image = repository.create_image(
@@ -86,7 +90,7 @@ def _creation_fields(
         if name == "tags":
             tags = fields.check_tags(value, max_tags)
         elif name in fields.CORE:
-            core[name] = fields.check_core(name, value, who)
+            core[name] = fields.check_core(name, value)
         else:
             properties[name] = fields.check_property(name, value)
     return core, tags, properties, image_id
@@ -96,7 +100,8 @@ def _creation_fields(
 def show_image(image_id: str, ctx: Ctx, who: Caller) -> dict[str, Any]:
     """One image."""
     with ctx.services.db.session() as session:
-        return image_view(access.visible_image(session, image_id, who), who)
+        image = access.permitted_image(session, image_id, who, ctx.policy, "get_image")
+        return image_view(image, who)
 
 
 @router.patch("/{image_id}", openapi_extra={"requestBody": _PATCH_BODY})
@@ -123,33 +128,13 @@ def _patch_image(
     who: Identity,
 ) -> dict[str, Any]:
     with ctx.services.db.session() as session:
-        image = access.owned_image(session, image_id, who)
+        # Locked before it is read, so the difference written is to what is stored; all the
+        # operations are applied in memory and written at once, so the lock lasts milliseconds.
+        repository.lock_image(session, image_id)
+        rules = access.patch_rules(operations)
+        image = access.changeable_image(session, image_id, who, ctx.policy, *rules)
         changes = patch.apply(image, operations, who, ctx.settings.max_image_tags)
-        for name in changes.touched & fields.CORE:
-            setattr(image, name, changes.core[name])
-        _write_tags(image, changes.tags)
-        _write_properties(session, image, changes.properties)
-        image.updated_at = utcnow()
-        session.flush()
-        session.refresh(image)
-        return image_view(image, who)
-
-
-def _write_tags(image: Image, tags: list[str]) -> None:
-    # Change the difference only: re-inserting an unchanged tag would collide on its key.
-    wanted = set(tags)
-    image.tags = [tag for tag in image.tags if tag.value in wanted]
-    present = {tag.value for tag in image.tags}
-    image.tags.extend(ImageTag(value=value) for value in tags if value not in present)
-
-
-def _write_properties(session: Session, image: Image, properties: dict[str, str]) -> None:
-    current = {p.name: p.value for p in image.properties}
-    for name in current.keys() - properties.keys():
-        repository.delete_property(session, image.id, name)
-    for name, value in properties.items():
-        if current.get(name) != value:
-            repository.set_property(session, image.id, name, value)
+        return image_view(patch.save(session, image, changes, ctx.quotas), who)
 
 
 @router.delete("/{image_id}", status_code=204)
@@ -160,7 +145,7 @@ def remove_image(image_id: str, ctx: Ctx, who: Caller) -> Response:
     it stops (see pipeline/methods/deletion.py).
     """
     with ctx.services.db.session() as session:
-        image = access.owned_image(session, image_id, who)
+        image = access.changeable_image(session, image_id, who, ctx.policy, "delete_image")
         if image.protected:
             raise forbidden(f"image {image_id} is protected and cannot be deleted")
     delete_image(ctx.services, image_id)
@@ -173,7 +158,7 @@ def add_tag(image_id: str, tag: str, ctx: Ctx, who: Caller) -> Response:
     """Add a tag (at most 255 characters, at most ``max_image_tags`` per image)."""
     fields.check_tag(tag)
     with ctx.services.db.session() as session:
-        image = access.owned_image(session, image_id, who)
+        image = access.changeable_image(session, image_id, who, ctx.policy, "modify_image")
         if tag not in {t.value for t in image.tags}:
             fields.check_tag_count(len(image.tags) + 1, ctx.settings.max_image_tags)
             image.tags.append(ImageTag(value=tag))
@@ -185,7 +170,7 @@ def add_tag(image_id: str, tag: str, ctx: Ctx, who: Caller) -> Response:
 def remove_tag(image_id: str, tag: str, ctx: Ctx, who: Caller) -> Response:
     """Remove a tag (404 if the image does not have it)."""
     with ctx.services.db.session() as session:
-        image = access.owned_image(session, image_id, who)
+        image = access.changeable_image(session, image_id, who, ctx.policy, "modify_image")
         kept = [t for t in image.tags if t.value != tag]
         if len(kept) == len(image.tags):
             raise ApiError(404, f"image {image_id} has no tag {tag!r}")

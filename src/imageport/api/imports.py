@@ -1,9 +1,11 @@
 """``POST /v2/images/{id}/import``: start an import with one of the four methods.
 
 Status gates, as in Glance: glance-direct needs staged data (``uploading``), web-download and
-glance-download a ``queued`` image, copy-image an ``active`` one (and an administrator); a
-non-copy import also needs ``disk_format`` and ``container_format``. The answer is 202 and
-the task runs on a worker (in this process in embedded mode).
+glance-download a ``queued`` image, copy-image an ``active`` one; a non-copy import also needs
+``disk_format`` and ``container_format``. Policy, as in Glance: copy-image is the
+``copy_image`` rule (administrators by default), the other methods ``modify_image`` and the
+image's owner; each also ``add_task``. The answer is 202 and the task runs on a worker (in
+this process in embedded mode).
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from imageport.api import access
 from imageport.api.auth import Caller, Identity
 from imageport.api.deps import ApiContext, Ctx, JsonBody
 from imageport.api.discovery import IMPORT_METHODS
-from imageport.api.errors import bad_request, conflict, forbidden
+from imageport.api.errors import bad_request, conflict
 from imageport.errors import InvalidRequest
 from imageport.pipeline import (
     ImportRequest,
+    check_remote_id,
+    check_visible,
+    file_url,
     has_upload,
     import_existing,
     parse_url,
+    remote_auth,
     remote_image,
     resolve_endpoint,
     submit_copy,
@@ -86,8 +92,10 @@ def import_image(
     if not isinstance(must_succeed, bool):
         raise bad_request("all_stores_must_succeed must be true or false")
     with ctx.services.db.session() as session:
-        image = access.owned_image(session, image_id, who)
-        _gate(session, image, name, who)
+        image = access.importable_image(session, image_id, who, ctx.policy, name)
+        _gate(session, image, name)
+        # 413 before anything is queued: the image's locations and the project's limits.
+        ctx.quotas.check_import(session, who.project_id, image, name, stores)
     if name == "copy-image":
         submitted = submit_copy(
             ctx.services,
@@ -97,8 +105,17 @@ def import_image(
             all_stores_must_succeed=must_succeed,
         )
     else:
-        request_ = _request(ctx, image, name, method, stores, must_succeed)
-        submitted = import_existing(ctx.services, image_id, request_, expected=STARTS_FROM[name])
+        request_ = _request(ctx, image, name, method, stores, must_succeed, who)
+        # glance-download in keystone mode: the worker downloads with the caller's own token.
+        auth = remote_auth(ctx.settings, who) if name == "glance-download" else None
+        forwarded = auth.forwarded_token if auth is not None else None
+        submitted = import_existing(
+            ctx.services,
+            image_id,
+            request_,
+            expected=STARTS_FROM[name],
+            forwarded_token=forwarded,
+        )
     ctx.enqueue(submitted.task_id)
     return Response(status_code=202)
 
@@ -124,10 +141,8 @@ def _stores(
     return chosen, all_stores
 
 
-def _gate(session: Any, image: Image, name: str, who: Identity) -> None:  # noqa: ANN401
-    """Refuse an import the image's status (or the caller) does not allow."""
-    if name == "copy-image" and not who.is_admin:
-        raise forbidden("copy-image is for administrators")
+def _gate(session: Any, image: Image, name: str) -> None:  # noqa: ANN401
+    """Refuse an import the image's status does not allow (the policy checked the caller)."""
     task_id = next((p.value for p in image.properties if p.name == IMPORT_TASK), None)
     if task_id:
         task = session.get(Task, task_id)
@@ -162,6 +177,7 @@ def _request(
     method: dict[str, Any],
     stores: tuple[str, ...],
     must_succeed: bool,
+    who: Identity,
 ) -> ImportRequest:
     """The import's parameters: where the bytes come from and what they must hash to."""
     fields: dict[str, Any] = {"stores": stores, "all_stores_must_succeed": must_succeed}
@@ -172,7 +188,7 @@ def _request(
         parse_url(uri)  # syntax now (400); the worker vets the address before connecting
         fields["source"] = uri
     elif name == "glance-download":
-        fields.update(_remote(ctx, image, method))
+        fields.update(_remote(ctx, image, method, who))
     else:  # glance-direct: the staged upload, found by the image id
         if not has_upload(ctx.settings, ctx.services.staging, image.id):
             raise conflict(f"image {image.id} has no staged data: PUT /stage first")
@@ -187,25 +203,34 @@ def _request(
         raise InvalidRequest(f"invalid import request: {exc}") from exc
 
 
-def _remote(ctx: ApiContext, image: Image, method: dict[str, Any]) -> dict[str, Any]:
-    """glance-download: the remote image's file URL, formats and expected hashes."""
+def _remote(ctx: ApiContext, image: Image, method: dict[str, Any], who: Identity) -> dict[str, Any]:
+    """glance-download: the remote image's file URL, formats and expected hashes.
+
+    The remote id must be a UUID before anything is sent; the remote sees the caller's own
+    token in keystone mode (else the operator's, and then only images the caller's project
+    could read there are accepted); the record must be active and carry a sha256/384/512
+    multihash.
+    """
     remote_id, region = method.get("glance_image_id"), method.get("glance_region")
     interface = method.get("glance_service_interface")
     if not isinstance(remote_id, str) or not isinstance(region, str):
         raise bad_request("glance-download needs method.glance_image_id and method.glance_region")
     if interface is not None and not isinstance(interface, str):
         raise bad_request("method.glance_service_interface must be a string")
+    remote_id = check_remote_id(remote_id)  # 400 before any request: it goes into URLs
     endpoint = resolve_endpoint(ctx.settings, region, interface)
-    record = remote_image(ctx.settings, endpoint, remote_id)
-    disk_format = image.disk_format or record.get("disk_format")
-    container_format = image.container_format or record.get("container_format")
+    auth = remote_auth(ctx.settings, who)
+    record = remote_image(ctx.settings, endpoint, remote_id, auth)
+    check_visible(record, who, auth)
+    disk_format = image.disk_format or record.disk_format
+    container_format = image.container_format or record.container_format
     if not (disk_format and container_format):
         raise bad_request(f"remote image {remote_id} has no disk_format or container_format")
     return {
-        "source": f"{endpoint}/v2/images/{remote_id}/file",
+        "source": file_url(endpoint, remote_id),
         "disk_format": disk_format,
         "container_format": container_format,
-        "checksum": record["checksum"],
-        "os_hash_algo": record.get("os_hash_algo"),
-        "os_hash_value": record.get("os_hash_value"),
+        "checksum": record.checksum,
+        "os_hash_algo": record.os_hash_algo,
+        "os_hash_value": record.os_hash_value,
     }

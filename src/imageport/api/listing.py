@@ -1,14 +1,15 @@
 """``GET /v2/images``: Glance's filters, sorting and marker paging, all done in SQL.
 
-Visibility (see access.py) scopes the query first. Filters: ``name``, ``status``,
-``disk_format``, ``container_format`` (each also as ``in:a,b``), ``visibility``
-(``public|private|shared|community|all``), ``member_status`` (for shared images, default
-``accepted``), ``owner``, ``tag`` (repeatable, all must match), ``protected``, ``os_hidden``
-(hidden images are left out unless asked for), ``size_min``/``size_max``, ``created_at``/
-``updated_at`` as ``OP:ISO-8601`` (``gt gte eq neq lt lte``), and any other parameter as an
-extra-property equality filter. Sorting is ``sort=k1:dir,k2`` or ``sort_key``/``sort_dir``
-(default ``created_at`` descending; ``id`` always breaks ties). Paging is keyset paging from the
-``marker`` image, so pages stay consistent while images are added.
+The ``get_images`` policy rule is checked first (403), then visibility (see access.py) scopes
+the query. Filters: ``name``, ``status``, ``disk_format``, ``container_format`` (each also as
+``in:a,b``), ``visibility`` (``public|private|shared|community|all``), ``member_status`` (for
+shared images, default ``accepted``), ``owner``, ``tag`` (repeatable, all must match),
+``protected``, ``os_hidden`` (hidden images are left out unless asked for), ``size_min``/
+``size_max``, ``created_at``/``updated_at`` as ``OP:ISO-8601`` (``gt gte eq neq lt lte``), and
+any other parameter as an extra-property equality filter. Sorting is ``sort=k1:dir,k2`` or
+``sort_key``/``sort_dir`` (default ``created_at`` descending; ``id`` always breaks ties).
+Paging is keyset paging from the ``marker`` image, so pages stay consistent while images are
+added.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def list_images(
     sort_dir: Annotated[list[str] | None, Query()] = None,
 ) -> dict[str, Any]:
     """List the images the caller may see, filtered, sorted and paged as in Glance."""
+    ctx.policy.enforce("get_images", access.caller_target(who), who)
     query = _scoped(who, visibility, member_status)
     for column, value in (
         (Image.name, name), (Image.status, status), (Image.disk_format, disk_format),

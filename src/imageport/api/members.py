@@ -2,7 +2,9 @@
 
 The owner (or an administrator) adds and removes members and sees them all; a member sees only
 itself and alone (or an administrator) sets its ``status`` (``pending``, ``accepted``,
-``rejected``). Only ``shared`` images have members (403 otherwise).
+``rejected``). Only ``shared`` images have members (403 otherwise). Each call also checks its
+policy rule (``get_members``, ``add_member``, ``get_member``, ``modify_member``,
+``delete_member``); these rules of ownership stay on top of it, as Glance keeps them in code.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from fastapi import APIRouter, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from imageport.access.policy import Policy
 from imageport.api import access, fields
 from imageport.api.auth import Caller, Identity
 from imageport.api.deps import Ctx, JsonBody
@@ -61,8 +64,12 @@ def member_to_dict(member: ImageMember) -> dict[str, Any]:
     }
 
 
-def _shared_image(session: Session, image_id: str, who: Identity) -> Image:
-    image = access.visible_image(session, image_id, who)
+def _shared_image(
+    session: Session, image_id: str, who: Identity, policy: Policy, rule: str
+) -> Image:
+    # Glance's order: the image must be visible (404), its get_image and the member rule
+    # allow the caller (404/403), then only shared images have members (403).
+    image = access.permitted_image(session, image_id, who, policy, rule)
     if image.visibility != Visibility.SHARED:
         raise forbidden(f"image {image_id} is {image.visibility}; only shared images have members")
     return image
@@ -80,7 +87,7 @@ def _member(session: Session, image: Image, member_id: str, who: Identity) -> Im
 def list_members(image_id: str, ctx: Ctx, who: Caller) -> dict[str, Any]:
     """The members the caller may see: all for the owner, itself for a member."""
     with ctx.services.db.session() as session:
-        image = _shared_image(session, image_id, who)
+        image = _shared_image(session, image_id, who, ctx.policy, "get_members")
         query = select(ImageMember).where(ImageMember.image_id == image.id)
         if not access.is_owner(image, who):
             query = query.where(ImageMember.member_id == who.project_id)
@@ -100,11 +107,12 @@ def add_member(
     if not isinstance(member_id, str) or not member_id or len(member_id) > fields.MAX_LENGTH:
         raise bad_request("member must be a project id of 1 to 255 characters")
     with ctx.services.db.session() as session:
-        image = _shared_image(session, image_id, who)
+        image = _shared_image(session, image_id, who, ctx.policy, "add_member")
         if not access.is_owner(image, who):
             raise forbidden("only the image's owner may add members")
         if access.find_member(session, image.id, member_id) is not None:
             raise conflict(f"project {member_id} is already a member of image {image_id}")
+        ctx.quotas.check_new_member(session, image.id)  # 413 past max_image_members
         member = ImageMember(image_id=image.id, member_id=member_id, status=MemberStatus.PENDING)
         session.add(member)
         session.flush()
@@ -115,7 +123,7 @@ def add_member(
 def show_member(image_id: str, member_id: str, ctx: Ctx, who: Caller) -> dict[str, Any]:
     """One member (the owner sees any, a member only itself)."""
     with ctx.services.db.session() as session:
-        image = _shared_image(session, image_id, who)
+        image = _shared_image(session, image_id, who, ctx.policy, "get_member")
         return member_to_dict(_member(session, image, member_id, who))
 
 
@@ -132,7 +140,7 @@ def update_member(
     if status not in [str(s) for s in MemberStatus]:
         raise bad_request(f"status must be one of {', '.join(MemberStatus)}")
     with ctx.services.db.session() as session:
-        image = _shared_image(session, image_id, who)
+        image = _shared_image(session, image_id, who, ctx.policy, "modify_member")
         member = _member(session, image, member_id, who)
         if not (who.is_admin or member_id == who.project_id):
             raise forbidden("only the member itself may change its status")
@@ -146,7 +154,7 @@ def update_member(
 def remove_member(image_id: str, member_id: str, ctx: Ctx, who: Caller) -> Response:
     """Stop sharing the image with a project (the owner only)."""
     with ctx.services.db.session() as session:
-        image = _shared_image(session, image_id, who)
+        image = _shared_image(session, image_id, who, ctx.policy, "delete_member")
         member = _member(session, image, member_id, who)
         if not access.is_owner(image, who):
             raise forbidden("only the image's owner may remove members")

@@ -6,7 +6,10 @@ attempt with ``stage``, ``status``, ``attempt``, ``started_at``, ``finished_at``
 ``bytes_done``, ``bytes_total``, ``error_code``, ``error_message`` and ``output`` — which is
 the per-stage progress of a running import.
 
-An administrator sees every task; anyone else only the tasks their project owns.
+Policy, as in Glance: ``GET /v2/tasks`` and ``GET /v2/tasks/{id}`` are the tasks API, which
+``tasks_api_access`` guards as a whole (administrators only by default), then ``get_tasks`` /
+``get_task``; ``GET /v2/images/{id}/tasks`` is an image call, guarded by ``get_image``. An
+administrator sees every task; anyone else only the tasks their project owns.
 ``GET /v2/tasks`` lists Glance's task stubs (no ``input``, ``result``, ``message``, nor
 imageport's ``attempts`` and ``stages``; with ``image_id`` and ``error_code``), filtered by
 ``status`` and ``type``, sorted by ``sort_key`` (``created_at`` by default, ``updated_at``,
@@ -23,9 +26,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 
+from imageport.access.policy import Values
 from imageport.api import access
 from imageport.api.auth import Caller, Identity
-from imageport.api.deps import Ctx
+from imageport.api.deps import ApiContext, Ctx
 from imageport.api.errors import ApiError, bad_request
 from imageport.api.listing import Opt, page_links, page_size
 from imageport.records import Task, repository, task_to_dict
@@ -47,6 +51,7 @@ def list_tasks(
     task_type: Annotated[str | None, Query(alias="type")] = None,
 ) -> dict[str, Any]:
     """List the tasks the caller may see, filtered, sorted and paged as in Glance."""
+    _tasks_api(ctx, who, "get_tasks", access.caller_target(who))
     if sort_dir not in ("asc", "desc"):
         raise bad_request(f"sort direction {sort_dir!r} is neither asc nor desc")
     size = page_size(limit)
@@ -70,7 +75,9 @@ def list_tasks(
 def image_tasks(image_id: str, ctx: Ctx, who: Caller) -> dict[str, Any]:
     """The image's import tasks, newest first (its owner or an administrator)."""
     with ctx.services.db.session() as session:
-        image = access.owned_image(session, image_id, who)
+        image = access.permitted_image(session, image_id, who, ctx.policy, "get_image")
+        # On top of Glance's get_image: an import's input (its URL) is for the owner's eyes.
+        access.check_owner(image, who)
         tasks = repository.list_tasks(session, image_id=image.id)
         return {
             "tasks": [task_to_dict(t, repository.stage_runs(session, t.id)) for t in tasks],
@@ -80,11 +87,22 @@ def image_tasks(image_id: str, ctx: Ctx, who: Caller) -> dict[str, Any]:
 @router.get("/v2/tasks/{task_id}")
 def show_task(task_id: str, ctx: Ctx, who: Caller) -> dict[str, Any]:
     """One task (its owner or an administrator)."""
+    _tasks_api(ctx, who)
     with ctx.services.db.session() as session:
         task = _visible_task(session, task_id, who)
         if task is None:
             raise ApiError(404, f"no task found with id {task_id}")
+        ctx.policy.enforce("get_task", access.task_target(task), who)
         return task_to_dict(task, repository.stage_runs(session, task.id))
+
+
+def _tasks_api(
+    ctx: ApiContext, who: Identity, rule: str | None = None, target: Values | None = None
+) -> None:
+    """Glance's gate of the tasks API, ``tasks_api_access`` (403), then ``rule`` if given."""
+    ctx.policy.enforce("tasks_api_access", access.caller_target(who), who)
+    if rule is not None:
+        ctx.policy.enforce(rule, target or {}, who)
 
 
 def _owners(who: Identity) -> list[str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from typing import Annotated
 
 import typer
@@ -10,6 +11,9 @@ import uvicorn
 
 from imageport.api import create_app
 from imageport.cli.common import EXIT_USAGE, settings
+
+KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this
+HEAD_LIMIT = 64 * 1024  # bytes of request line and headers; a bigger head is refused (400)
 
 
 def api_command(
@@ -41,6 +45,17 @@ def api_command(
         # Bodies stream through to the staging area; no proxy headers are trusted by default.
         proxy_headers=False,
         server_header=False,
+        # What uvicorn bounds itself: an idle keep-alive connection is closed after a few
+        # seconds, and a request head may not grow past HEAD_LIMIT (room for a Keystone
+        # token and a proxy's X-Service-Catalog). A stalled request *body* is not bounded by
+        # uvicorn: the app's BodyTimeoutMiddleware (client_socket_timeout) does that.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        h11_max_incomplete_event_size=HEAD_LIMIT,
+        # On SIGTERM, idle uploads must not keep the process up for client_socket_timeout.
+        timeout_graceful_shutdown=math.ceil(conf.shutdown_grace_seconds),
+        # No limit_concurrency: past it uvicorn answers 503 to everything, /healthz included;
+        # uploads are capped by max_concurrent_uploads instead, and other requests hold no
+        # more than a short database read.
     )
 
 

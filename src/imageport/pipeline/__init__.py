@@ -31,7 +31,15 @@ from imageport.pipeline.failures import Outcome, fail_import
 from imageport.pipeline.methods.check import check_file
 from imageport.pipeline.methods.copy_image import submit_copy
 from imageport.pipeline.methods.deletion import delete_image
-from imageport.pipeline.methods.glance_download import remote_image, resolve_endpoint
+from imageport.pipeline.methods.glance_download import (
+    RemoteAuth,
+    check_remote_id,
+    check_visible,
+    file_url,
+    remote_auth,
+    remote_image,
+    resolve_endpoint,
+)
 from imageport.pipeline.methods.submit import Submitted, import_existing, submit_import
 from imageport.pipeline.methods.uploads import UPLOADS, discard_upload, has_upload, receive_upload
 from imageport.pipeline.observer import JobObserver, NullObserver
@@ -46,18 +54,23 @@ __all__ = [
     "JobObserver",
     "NullObserver",
     "Outcome",
+    "RemoteAuth",
     "Services",
     "Submitted",
     "check_file",
+    "check_remote_id",
+    "check_visible",
     "coalesce",
     "context_of",
     "delete_image",
     "discard_upload",
     "fail_import",
+    "file_url",
     "has_upload",
     "import_existing",
     "parse_url",
     "receive_upload",
+    "remote_auth",
     "remote_image",
     "resolve_endpoint",
     "run_import",

@@ -159,6 +159,12 @@ class ImageMember(Base):
     image: Mapped[Image] = relationship(back_populates="members")
 
 
+#: The key of a task's ``input`` holding a credential its worker needs: glance-download's
+#: caller's own token (keystone mode). Task serializers never show it; it is emptied (None)
+#: when the task ends (``repository.set_task_status``).
+FORWARDED_TOKEN = "forwarded_token"  # noqa: S105 - the name of a key, not a secret
+
+
 class Task(Base):
     """An import task: Glance's task fields plus imageport's lease and retry bookkeeping."""
 

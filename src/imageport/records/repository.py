@@ -20,6 +20,7 @@ from sqlalchemy import CursorResult, delete, insert, select, update
 from imageport.errors import InvalidRequest, NotFound, StateConflict
 from imageport.records.base import utcnow
 from imageport.records.models import (
+    FORWARDED_TOKEN,
     TASK_TYPE_IMPORT,
     Image,
     ImageLocation,
@@ -310,6 +311,102 @@ def deleted_with_locations(session: Session) -> list[str]:
     return list(session.scalars(statement))
 
 
+#: Names per DELETE … IN (…): well under every database's limit on bound parameters.
+_IN_BATCH = 500
+
+
+def lock_image(session: Session, image_id: str) -> None:
+    """Hold the image's row lock until the transaction ends (``SELECT … FOR UPDATE``).
+
+    Taken before reading an image that is then rewritten as a whole (a JSON patch), so two
+    such writers cannot interleave; SQLite, which has one writer at a time, ignores it.
+    """
+    session.execute(select(Image.id).where(Image.id == image_id).with_for_update())
+
+
+def write_image_changes(
+    session: Session,
+    image_id: str,
+    *,
+    fields: Mapping[str, object],
+    set_properties: Mapping[str, str],
+    removed_properties: Collection[str],
+    added_tags: Collection[str],
+    removed_tags: Collection[str],
+) -> None:
+    """Write a whole set of changes to an image in a few statements, whatever their number.
+
+    One UPDATE of the image row (``fields`` and ``updated_at``), one DELETE and one INSERT of
+    the properties set or removed, the same for the tags. The ORM objects already loaded in
+    ``session`` are not updated: read the image again (``populate_existing``) afterwards.
+
+    Raises:
+        InvalidRequest: if ``fields`` names ``status`` or an unknown column.
+    """
+    _check_image_fields(fields)
+    session.execute(update(Image).where(Image.id == image_id).values(updated_at=utcnow(), **fields))
+    # A changed property is replaced (deleted, then inserted), so one INSERT covers all.
+    gone = sorted({*removed_properties, *set_properties})
+    for start in range(0, len(gone), _IN_BATCH):
+        batch = gone[start : start + _IN_BATCH]
+        session.execute(
+            delete(ImageProperty).where(
+                ImageProperty.image_id == image_id, ImageProperty.name.in_(batch)
+            )
+        )
+    if set_properties:
+        rows = [{"image_id": image_id, "name": k, "value": v} for k, v in set_properties.items()]
+        session.execute(insert(ImageProperty), rows)
+    if removed_tags:
+        session.execute(
+            delete(ImageTag).where(ImageTag.image_id == image_id, ImageTag.value.in_(removed_tags))
+        )
+    if added_tags:
+        session.execute(insert(ImageTag), [{"image_id": image_id, "value": t} for t in added_tags])
+
+
+def record_staged_size(session: Session, image_id: str, size: int) -> bool:
+    """Record the bytes a ``PUT /stage`` left in staging, while the image is ``uploading``.
+
+    Glance records the staged size on the image; its staging quota sums it. Returns whether
+    the image was still ``uploading`` (a deleted or expired image is left alone).
+    """
+    statement = (
+        update(Image)
+        .where(Image.id == image_id, Image.status == ImageStatus.UPLOADING)
+        .values(size=size, updated_at=utcnow())
+    )
+    return _rowcount(session, statement) == 1
+
+
+def stale_uploads(session: Session, before: datetime) -> list[str]:
+    """Ids of images ``uploading`` and unchanged since ``before``: staged, never imported."""
+    statement = select(Image.id).where(
+        Image.status == ImageStatus.UPLOADING, Image.updated_at < before
+    )
+    return list(session.scalars(statement.order_by(Image.updated_at)))
+
+
+def expire_upload(session: Session, image_id: str, before: datetime) -> bool:
+    """Put an image whose staged upload expired back to ``queued``, without a size.
+
+    Compare-and-set on the status *and* ``updated_at``: an upload that finished, or an
+    import that started, since the image was found stale is left alone. Returns whether the
+    image was expired.
+    """
+    check_transition(ImageStatus, ImageStatus.UPLOADING, ImageStatus.QUEUED)
+    statement = (
+        update(Image)
+        .where(
+            Image.id == image_id,
+            Image.status == ImageStatus.UPLOADING,
+            Image.updated_at < before,
+        )
+        .values(status=ImageStatus.QUEUED, size=None, updated_at=utcnow())
+    )
+    return _rowcount(session, statement) == 1
+
+
 # Tasks
 
 
@@ -436,6 +533,20 @@ def set_task_status(
         if current is None:
             raise NotFound(f"task {task_id} not found")
         raise StateConflict(_conflict("task", task_id, current, olds, new))
+    if new in (TaskStatus.SUCCESS, TaskStatus.FAILURE):
+        _forget_forwarded_token(session, task_id)
+
+
+def _forget_forwarded_token(session: Session, task_id: str) -> None:
+    """Empty the caller's token an ended task kept for its worker (glance-download).
+
+    The key stays, set to None: the worker of a retried task must not fall back to another
+    token (see ``imageport.pipeline.methods.glance_download.task_token``).
+    """
+    stored = session.scalar(select(Task.input).where(Task.id == task_id))
+    if stored and stored.get(FORWARDED_TOKEN) is not None:
+        forgotten = {**stored, FORWARDED_TOKEN: None}
+        session.execute(update(Task).where(Task.id == task_id).values(input=forgotten))
 
 
 # Stage runs

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from imageport.records.models import LOCATION_ACTIVE
+from imageport.records.models import FORWARDED_TOKEN, LOCATION_ACTIVE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -123,7 +123,8 @@ def task_to_dict(task: Task, runs: Sequence[StageRun] = ()) -> dict[str, Any]:
     """
     return {
         **task_stub_to_dict(task),
-        "input": task.input,
+        # The caller's forwarded token is for the worker only: never shown.
+        "input": {k: v for k, v in task.input.items() if k != FORWARDED_TOKEN},
         "result": task.result,
         "message": task.message,
         "attempts": task.attempts,

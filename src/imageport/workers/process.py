@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
 
 import dramatiq
@@ -20,7 +20,7 @@ from imageport.logging import configure_logging
 from imageport.pipeline import Services
 from imageport.workers.actors import IMPORT_QUEUE, declare_actors
 from imageport.workers.broker import build_broker
-from imageport.workers.reaper import reap
+from imageport.workers.reaper import reap_forever
 
 log = structlog.get_logger(__name__)
 #: Longest idle sleep between two queue polls (dramatiq defaults to 1 s). 30 ms keeps pickup
@@ -56,7 +56,7 @@ def run_worker_process(threads: int, queues: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     reaper = threading.Thread(
-        target=_reap_forever, args=(services, actors.enqueue_import, stop), daemon=True
+        target=reap_forever, args=(services, actors.enqueue_import, stop), daemon=True
     )
     worker.start()
     reaper.start()
@@ -70,14 +70,3 @@ def run_worker_process(threads: int, queues: Sequence[str]) -> int:
     services.close()
     log.info("worker stopped")
     return 0
-
-
-def _reap_forever(
-    services: Services, enqueue: Callable[[str], None], stop: threading.Event
-) -> None:
-    interval = services.settings.reaper_interval_seconds
-    while not stop.wait(interval):
-        try:
-            reap(services, enqueue)
-        except Exception:
-            log.exception("reaper pass failed")

@@ -17,6 +17,7 @@ Several reapers may run at once: every change is a compare-and-set, so one wins.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -147,3 +148,14 @@ def _last_stage(services: Services, task_id: str) -> str:
     with services.db.session() as session:
         runs = repository.stage_runs(session, task_id)
     return runs[-1].stage if runs else "stage"
+
+
+def reap_forever(services: Services, enqueue: Callable[[str], None], stop: threading.Event) -> None:
+    """Run a reaper pass every ``reaper_interval_seconds`` until ``stop`` is set."""
+    interval = services.settings.reaper_interval_seconds
+    while not stop.wait(interval):
+        try:
+            reap(services, enqueue)
+        except Exception:
+            # One failed pass (the database restarting) must not end the loop.
+            log.exception("reaper pass failed")

@@ -17,6 +17,7 @@ from imageport.pipeline.context import Services
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.safety.urlpolicy import parse_url
 from imageport.records import ImageStatus, repository
+from imageport.records.models import FORWARDED_TOKEN
 from imageport.records.reserved import FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO_STORES
 
 
@@ -97,11 +98,14 @@ def import_existing(
     *,
     expected: ImageStatus,
     status: ImageStatus = ImageStatus.IMPORTING,
+    forwarded_token: str | None = None,
 ) -> Submitted:
     """Record a pending import task for ``image_id`` and move the image to ``status``.
 
     ``status`` is ``importing`` for an import; a ``PUT /file`` upload keeps its image
     ``saving`` (``expected`` and ``status`` both), as Glance shows it until it is active.
+    ``forwarded_token`` (glance-download in keystone mode: the caller's own token) is kept
+    for the worker under ``FORWARDED_TOKEN``, which no serializer shows.
 
     Raises:
         InvalidRequest: unknown or read-only store.
@@ -111,11 +115,14 @@ def import_existing(
     stores = check_stores(services, request.stores)
     with services.db.session() as session:
         image = repository.get_image(session, image_id)
+        task_input: dict[str, object] = {
+            "image_id": image_id,
+            "request": request.model_dump(mode="json"),
+        }
+        if forwarded_token is not None:
+            task_input[FORWARDED_TOKEN] = forwarded_token
         task = repository.create_task(
-            session,
-            image_id=image_id,
-            input={"image_id": image_id, "request": request.model_dump(mode="json")},
-            owner=image.owner,
+            session, image_id=image_id, input=task_input, owner=image.owner
         )
         if status == expected:  # PUT /file: saving before the task, saving during it
             repository.keep_image_status(session, image_id, expected=expected)

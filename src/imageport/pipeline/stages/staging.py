@@ -152,7 +152,12 @@ def _open_source(
     if request.method == "glance-download":
         # The operator's own Image API endpoint: trusted, so no web-download URL policy;
         # its hashes are in the request and checked by the verify stage.
-        with glance_download.open_remote(ctx.settings, request.source) as (info, chunks):
+        # The caller's own token when the import was asked for in keystone mode.
+        token = glance_download.task_token(services, ctx.task_id)
+        with glance_download.open_remote(ctx.settings, request.source, token=token) as (
+            info,
+            chunks,
+        ):
             yield info, coalesce(chunks, buffer)
         return
     path = Path(request.source)
