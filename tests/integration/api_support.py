@@ -19,6 +19,8 @@ START_TIMEOUT = 60.0  # seconds for the server to answer /healthz
 
 #: What an authenticating proxy adds in front of an API with auth_strategy trusted-proxy.
 CONFIRMED = {"X-Identity-Status": "Confirmed"}
+#: Asks for errors in Glance's JSON shape (without it the API answers text, as Glance does).
+JSON_ERRORS = {"Accept": "application/json"}
 #: An administrator, as a trusted proxy confirms one.
 TRUSTED_ADMIN = {**CONFIRMED, "X-Project-Id": "admin-project", "X-Roles": "admin,member,reader"}
 
@@ -119,3 +121,8 @@ def wait_status(client: httpx.Client, image_id: str, wanted: str, timeout: float
             break
         time.sleep(0.1)
     raise AssertionError(f"image {image_id} is not {wanted}: {image}")
+
+
+def api_client(base_url: str, headers: dict[str, str] | None = None, **options) -> httpx.Client:
+    """An httpx client of the API that asks for JSON errors; ``headers`` come on top."""
+    return httpx.Client(base_url=base_url, headers={**JSON_ERRORS, **(headers or {})}, **options)

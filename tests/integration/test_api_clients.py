@@ -7,10 +7,10 @@ import io
 import os
 import time
 
-import httpx
 import pytest
-from api_support import CONFIRMED, TRUSTED_ADMIN, api_server, file_server, wait_status
+from api_support import CONFIRMED, TRUSTED_ADMIN, api_client, api_server, file_server, wait_status
 from glanceclient import Client as GlanceClient
+from glanceclient import exc as glance_exc
 from openstack import connection
 
 pytestmark = [
@@ -58,7 +58,7 @@ def conn(served):
 
 @pytest.fixture
 def http(served):
-    with httpx.Client(base_url=served[0].url, timeout=60, headers=TRUSTED_ADMIN) as client:
+    with api_client(served[0].url, timeout=60, headers=TRUSTED_ADMIN) as client:
         yield client
 
 
@@ -181,7 +181,7 @@ def test_glanceclient_upload_update_and_list(glance, http):
 def test_glanceclient_members(glance, served):
     owner = {"X-Project-Id": "alice", "X-Roles": "member"}
     guest = {"X-Project-Id": "bob", "X-Roles": "member"}
-    with httpx.Client(base_url=served[0].url, headers=TRUSTED_ADMIN) as client:
+    with api_client(served[0].url, headers=TRUSTED_ADMIN) as client:
         image = client.post("/v2/images", json={"name": "shared-1"}, headers=owner).json()
         assert client.get(f"/v2/images/{image['id']}", headers=guest).status_code == 404
         member = glance.image_members.create(image["id"], "bob")
@@ -203,3 +203,11 @@ def test_glanceclient_members(glance, served):
         assert [m["member_id"] for m in glance.image_members.list(image["id"])] == ["bob"]
         glance.image_members.delete(image["id"], "bob")
         assert client.get(f"/v2/images/{image['id']}", headers=guest).status_code == 404
+
+
+def test_glanceclient_shows_the_message_of_an_error(glance):
+    # glanceclient reads a JSON error as a mapping of objects; like Glance, the API answers its
+    # Accept: */* with text, so glanceclient raises its own exception with our message.
+    with pytest.raises(glance_exc.HTTPNotFound) as caught:
+        glance.images.get("00000000-0000-4000-8000-000000000000")
+    assert "no image found" in str(caught.value)

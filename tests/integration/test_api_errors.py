@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import api_server
+from api_support import api_client, api_server
 
 #: Words of the exception that must never reach a client: its class, module, text, traceback.
 LEAKS = ("OperationalError", "sqlite3", "no such table", "image_members", "Traceback", "SELECT")
@@ -45,7 +45,7 @@ def _log_holds(server, text, timeout=10.0):
 
 
 def test_an_unexpected_exception_is_a_generic_500(server):
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with api_client(server.url, timeout=60) as http:
         image = http.post("/v2/images", json={"name": "e"}).json()
         url = f"/v2/images/{image['id']}/members"
         assert http.get(url).status_code == 200
@@ -69,3 +69,26 @@ def test_an_unexpected_exception_is_a_generic_500(server):
         assert _log_holds(server, "no such table: image_members")
     # The server itself is fine. A new connection: uvicorn closes the one a crash went through.
     assert httpx.get(f"{server.url}{url}", timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("accept", "media", "start"),
+    [
+        (None, "text/plain", "404 Not Found\n\nno image found"),
+        ("*/*", "text/plain", "404 Not Found\n\nno image found"),
+        ("text/html", "text/html", "<html>"),
+        ("application/json", "application/json", '{"code": "404 Not Found"'),
+        ("application/json, */*;q=0.1", "application/json", '{"code": "404 Not Found"'),
+    ],
+)
+def test_errors_come_in_the_media_type_glance_would_answer(server, accept, media, start):
+    headers = {} if accept is None else {"Accept": accept}
+    missing = "/v2/images/00000000-0000-4000-8000-000000000000"
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        if accept is None:
+            http.headers.pop("Accept")  # httpx sends */* unless told not to
+        answer = http.get(missing, headers=headers)
+    assert answer.status_code == 404
+    assert answer.headers["content-type"].startswith(media)
+    assert answer.headers["x-imageport-error-code"] == "not_found"
+    assert answer.text.startswith(start)

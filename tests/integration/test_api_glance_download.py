@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import CONFIRMED, TRUSTED_ADMIN, api_server, wait_status
+from api_support import CONFIRMED, TRUSTED_ADMIN, api_client, api_server, wait_status
 
 from imageport.access.identity import Identity
 from imageport.config import Settings
@@ -42,7 +42,7 @@ def remote(tmp_path):
     """A running API holding one active image; yields (server, client, record)."""
     with (
         api_server(tmp_path / "remote") as server,
-        httpx.Client(base_url=server.url, timeout=60) as client,
+        api_client(server.url, timeout=60) as client,
     ):
         fields = {"disk_format": "raw", "container_format": "bare"}
         original = client.post("/v2/images", json=fields).json()
@@ -56,7 +56,7 @@ def local(tmp_path, remote):
     endpoints = {"RegionTwo": remote[0].url}
     with (
         api_server(tmp_path / "local", glance_download_endpoints=endpoints) as server,
-        httpx.Client(base_url=server.url, timeout=60) as client,
+        api_client(server.url, timeout=60) as client,
     ):
         yield client
 
@@ -213,7 +213,7 @@ def test_remote_id_must_be_a_uuid_before_anything_is_sent(tmp_path, fake_remote)
         7,
         None,
     ]
-    with _local_api(tmp_path, fake_remote) as server, httpx.Client(base_url=server.url) as client:
+    with _local_api(tmp_path, fake_remote) as server, api_client(server.url) as client:
         for remote_id in odd:
             answer = _import_as(client, remote_id)
             assert answer.status_code == 400, (remote_id, answer.text)
@@ -250,7 +250,7 @@ BAD_RECORDS = [
 
 
 def test_remote_records_are_validated_field_by_field(tmp_path, fake_remote):
-    with _local_api(tmp_path, fake_remote) as server, httpx.Client(base_url=server.url) as client:
+    with _local_api(tmp_path, fake_remote) as server, api_client(server.url) as client:
         for changes, field, code in BAD_RECORDS:
             fake_remote.put(REMOTE_ID, SMALL, **changes)
             answer = _import_as(client, REMOTE_ID)
@@ -289,8 +289,8 @@ def test_the_operator_token_reads_only_what_the_caller_could(tmp_path, fake_remo
     fake_remote.put(ids["beta-community"], SMALL, visibility="community")
     with (
         _local_api(tmp_path, fake_remote, auth_strategy="trusted-proxy") as server,
-        httpx.Client(base_url=server.url, headers=alpha) as as_alpha,
-        httpx.Client(base_url=server.url, headers=TRUSTED_ADMIN) as as_admin,
+        api_client(server.url, headers=alpha) as as_alpha,
+        api_client(server.url, headers=TRUSTED_ADMIN) as as_admin,
     ):
         refused = _import_as(as_alpha, ids["beta-private"])
         absent = "0b7c4a52-6f0e-4b43-9d1e-0000000000ff"

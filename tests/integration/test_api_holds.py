@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import CONFIRMED, TRUSTED_ADMIN, api_server, wait_status
+from api_support import CONFIRMED, TRUSTED_ADMIN, api_client, api_server, wait_status
 
 IDLE_UPLOADS = 100  # idle upload connections held open while the API must keep answering
 PROMPT = 5.0  # seconds within which a request must be answered while uploads idle
@@ -112,7 +112,7 @@ def _closing(socks: list[socket.socket]):
 def test_the_api_answers_while_100_uploads_idle(tmp_path):
     with (
         api_server(tmp_path / "data") as server,
-        httpx.Client(base_url=server.url, timeout=PROMPT) as client,
+        api_client(server.url, timeout=PROMPT) as client,
     ):
         *idle_ids, normal_id = _create(client, IDLE_UPLOADS + 1)
         with _closing([_idle_upload(server.port, i) for i in idle_ids]):
@@ -141,7 +141,7 @@ def test_the_api_answers_while_100_uploads_idle(tmp_path):
 def test_stalled_bodies_are_dropped_after_client_socket_timeout(tmp_path):
     with (
         api_server(tmp_path / "data", client_socket_timeout="2") as server,
-        httpx.Client(base_url=server.url, timeout=PROMPT) as client,
+        api_client(server.url, timeout=PROMPT) as client,
     ):
         ids = _create(client, 10)
         started = time.monotonic()
@@ -183,7 +183,7 @@ def test_upload_caps_refuse_instead_of_stalling(tmp_path):
     }
     with (
         api_server(tmp_path / "data", **settings) as server,
-        httpx.Client(base_url=server.url, timeout=PROMPT) as client,
+        api_client(server.url, timeout=PROMPT) as client,
     ):
         alpha, beta, gamma = _as("alpha"), _as("beta"), _as("gamma")
         a_ids, b_ids = _create(client, 3, alpha), _create(client, 3, beta)
@@ -233,7 +233,7 @@ def test_put_file_waits_for_its_import_without_holding_a_thread(tmp_path):
     settings = {"qemu_img_path": str(qemu), "qemu_info_timeout_seconds": "300"}
     with (
         api_server(tmp_path / "data", **settings) as server,
-        httpx.Client(base_url=server.url, timeout=PROMPT) as client,
+        api_client(server.url, timeout=PROMPT) as client,
     ):
         ids = _create(client, waiting)
         socks = []
@@ -273,7 +273,7 @@ def test_staging_dir_is_where_the_tests_look(tmp_path):
     """The tests above look for leftovers in <data_dir>/staging/uploads: make sure it is used."""
     with (
         api_server(tmp_path / "data") as server,
-        httpx.Client(base_url=server.url, timeout=PROMPT) as client,
+        api_client(server.url, timeout=PROMPT) as client,
     ):
         (image_id,) = _create(client, 1)
         assert client.put(f"/v2/images/{image_id}/stage", content=SMALL).status_code == 204

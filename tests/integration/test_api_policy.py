@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 
-import httpx
 import pytest
-from api_support import CONFIRMED, TRUSTED_ADMIN, api_server, wait_status
+from api_support import CONFIRMED, TRUSTED_ADMIN, api_client, api_server, wait_status
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 ALICE = {"X-Project-Id": "alice", "X-Roles": "member"}
@@ -33,7 +32,7 @@ def server(tmp_path_factory):
 @pytest.fixture
 def http(server):
     # An administrator by default; the personas above replace the project and the roles.
-    with httpx.Client(base_url=server.url, timeout=60, headers=TRUSTED_ADMIN) as client:
+    with api_client(server.url, timeout=60, headers=TRUSTED_ADMIN) as client:
         yield client
 
 
@@ -238,7 +237,7 @@ def test_a_policy_file_overrides_glance_defaults(tmp_path):
     settings = {"auth_strategy": "trusted-proxy", "policy_file": str(policy)}
     with (
         api_server(tmp_path / "data", **settings) as srv,
-        httpx.Client(base_url=srv.url, timeout=60, headers=TRUSTED_ADMIN) as http,
+        api_client(srv.url, timeout=60, headers=TRUSTED_ADMIN) as http,
     ):
         refused = http.post("/v2/images", json={"name": "x"}, headers=ALICE)
         _refused(refused, "add_image")

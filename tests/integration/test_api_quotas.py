@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import CONFIRMED, api_server, wait_status
+from api_support import CONFIRMED, api_client, api_server, wait_status
 
 from imageport.config import Settings
 from imageport.pipeline import Services
@@ -80,7 +80,7 @@ def server(tmp_path_factory, postgres_url):
 
 @pytest.fixture
 def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with api_client(server.url, timeout=60) as client:
         yield client
 
 
@@ -288,7 +288,7 @@ def test_staged_uploads_expire(tmp_path):
     alice = project("ttl-a")
     with (
         api_server(data_dir, auth_strategy="trusted-proxy", image_stage_total=2) as srv,
-        httpx.Client(base_url=srv.url, timeout=60, headers=alice) as http,
+        api_client(srv.url, timeout=60, headers=alice) as http,
     ):
         old, new = _create(http, alice), _create(http, alice)
         assert http.put(f"/v2/images/{old}/stage", content=chunked(BIG)).is_success

@@ -6,9 +6,8 @@ import hashlib
 import os
 import uuid
 
-import httpx
 import pytest
-from api_support import TRUSTED_ADMIN, api_server, wait_status
+from api_support import TRUSTED_ADMIN, api_client, api_server, wait_status
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 ALICE = {"X-Project-Id": "alice", "X-Roles": "member"}
@@ -31,7 +30,7 @@ def server(tmp_path_factory):
 @pytest.fixture
 def http(server):
     # An administrator by default; ALICE and BOB replace the project and the roles.
-    with httpx.Client(base_url=server.url, timeout=60, headers=TRUSTED_ADMIN) as client:
+    with api_client(server.url, timeout=60, headers=TRUSTED_ADMIN) as client:
         yield client
 
 
@@ -152,7 +151,7 @@ def test_put_file_shows_saving_until_active_and_queued_after_a_refusal(http, ser
     def body():
         yield DATA[:65536]
         # Mid-upload, as another client sees it: Glance's "saving", not "uploading".
-        with httpx.Client(base_url=server.url, timeout=60, headers=TRUSTED_ADMIN) as other:
+        with api_client(server.url, timeout=60, headers=TRUSTED_ADMIN) as other:
             seen.append(other.get(url).json()["status"])
         yield DATA[65536:]
 
@@ -225,7 +224,7 @@ def test_tasks_expose_stage_progress(http):
 def test_static_token_and_postgresql(tmp_path, postgres_url):
     with (
         api_server(tmp_path / "data", api_token="s3cret", database_url=postgres_url) as srv,
-        httpx.Client(base_url=srv.url, timeout=60) as client,
+        api_client(srv.url, timeout=60) as client,
     ):
         assert client.get("/v2/images").status_code == 401
         assert client.get("/healthz").status_code == 200

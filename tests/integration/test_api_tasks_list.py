@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlsplit
 
-import httpx
 import pytest
-from api_support import TRUSTED_ADMIN, api_server
+from api_support import TRUSTED_ADMIN, api_client, api_server
 
 from imageport.records import TaskStatus, repository
 
@@ -98,7 +97,7 @@ def http(database_url, tmp_path):
             auth_strategy="trusted-proxy",
             policy_file=str(policy),
         ) as server,
-        httpx.Client(base_url=server.url, timeout=60, headers=TRUSTED_ADMIN) as client,
+        api_client(server.url, timeout=60, headers=TRUSTED_ADMIN) as client,
     ):
         yield client
 

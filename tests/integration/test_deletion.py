@@ -6,9 +6,8 @@ import threading
 import time
 from datetime import timedelta
 
-import httpx
 import pytest
-from api_support import api_server
+from api_support import api_client, api_server
 from workers_support import SlowHandler, serve, wait_for
 
 from imageport.errors import InvalidRequest, StoreUnavailable
@@ -223,7 +222,7 @@ def test_api_delete_during_a_running_import(tmp_path, slow_url):
         "web_download_allowed_networks": ["127.0.0.0/8"],
         "web_download_ports": [80, 443, port],
     }
-    with api_server(data, **options) as server, httpx.Client(base_url=server.url) as http:
+    with api_server(data, **options) as server, api_client(server.url) as http:
         image = http.post(
             "/v2/images", json={"disk_format": "qcow2", "container_format": "bare"}
         ).json()

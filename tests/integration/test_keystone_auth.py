@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from api_support import api_server
+from api_support import api_client, api_server
 from keystoneauth1 import access
 
 from imageport.access.keystone import KeystoneAuthenticator, TokenCache
@@ -30,7 +30,7 @@ def server(keystone, tmp_path_factory):
 def client(server, token: str | None = None, **headers: str) -> httpx.Client:
     if token is not None:
         headers["X-Auth-Token"] = token
-    return httpx.Client(base_url=server.url, headers=headers, timeout=30)
+    return api_client(server.url, headers=headers, timeout=30)
 
 
 def wait_for(predicate, timeout: float = 5.0) -> bool:

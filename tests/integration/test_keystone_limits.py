@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from api_support import api_server
+from api_support import api_client, api_server
 from keystone_support import BOB_IMAGE_COUNT, REGION, REGISTERED_LIMITS
 from oslo_config import cfg
 from oslo_limit import limit
@@ -36,7 +36,7 @@ def limit_settings(keystone, **extra) -> dict[str, object]:
 
 
 def client(server, token: str) -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers={"X-Auth-Token": token}, timeout=30)
+    return api_client(server.url, headers={"X-Auth-Token": token}, timeout=30)
 
 
 @pytest.fixture

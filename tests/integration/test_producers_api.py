@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import api_server, file_server, wait_status
+from api_support import api_client, api_server, file_server, wait_status
 
 import producers as vm
 from images import stored_path
@@ -71,7 +71,7 @@ def server(tmp_path_factory, files):
 
 @pytest.fixture
 def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with api_client(server.url, timeout=60) as client:
         yield client
 
 

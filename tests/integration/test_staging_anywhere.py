@@ -12,9 +12,8 @@ import hashlib
 import os
 import time
 
-import httpx
 import pytest
-from api_support import api_server, wait_status
+from api_support import api_client, api_server, wait_status
 from s3_support import bucket_keys, open_uploads
 
 from imageport.config import Settings
@@ -188,8 +187,8 @@ def test_upload_received_by_one_api_host_is_imported_by_another(
     with (
         api_server(tmp_path / "a", **common) as host_a,
         api_server(tmp_path / "b", **common) as host_b,
-        httpx.Client(base_url=host_a.url, timeout=60) as api_a,
-        httpx.Client(base_url=host_b.url, timeout=60) as api_b,
+        api_client(host_a.url, timeout=60) as api_a,
+        api_client(host_b.url, timeout=60) as api_b,
     ):
         assert api_a.get("/readyz").json()["checks"]["staging"] == "ok"  # the bucket answers
         image = api_a.post(

@@ -8,7 +8,6 @@ when nobody is. Routes receive the result as a :data:`Caller` parameter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -18,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imageport.access.authn import Authenticator, TokenGate
 from imageport.access.identity import ADMIN_ROLE, Identity, is_identity_header
-from imageport.api.errors import ApiError, error_body
+from imageport.api.errors import ERROR_CODE_HEADER, ApiError, render_error
 from imageport.config import Settings
 from imageport.errors import TransientError, Unauthenticated
 
@@ -63,7 +62,7 @@ class AuthMiddleware:
         except (Unauthenticated, TransientError) as exc:
             # TransientError: Keystone unreachable or failing. A 503 here, never a pass, and
             # never the 500 a middleware exception would become.
-            await self._refuse(send, exc)
+            await self._refuse(send, exc, headers.get("accept"))
             return
         scope.setdefault("state", {})["identity"] = identity
         await self.app(scope, receive, send)
@@ -75,11 +74,14 @@ class AuthMiddleware:
             self.authenticator.authenticate, headers, limiter=self._limiter
         )
 
-    async def _refuse(self, send: Send, exc: Unauthenticated | TransientError) -> None:
+    async def _refuse(
+        self, send: Send, exc: Unauthenticated | TransientError, accept: str | None
+    ) -> None:
         status = 401 if isinstance(exc, Unauthenticated) else 503
-        body = json.dumps(error_body(status, exc.message, exc.code)).encode()
+        body, media = render_error(status, exc.message, exc.code, accept)
         headers = [
-            (b"content-type", b"application/json"),
+            (b"content-type", media.encode()),
+            (ERROR_CODE_HEADER.lower().encode(), exc.code.encode()),
             (b"content-length", str(len(body)).encode()),
         ]
         challenge = self.authenticator.challenge() if status == 401 else None

@@ -20,14 +20,13 @@ Once the body is complete, ``receive`` is passed through untouched: after the bo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import anyio
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imageport.api.errors import error_body
+from imageport.api.errors import ERROR_CODE_HEADER, render_error
 
 log = structlog.get_logger(__name__)
 
@@ -124,7 +123,7 @@ class BodyTimeoutMiddleware:
                 client=_client(scope),
                 seconds=self.timeout,
             )
-            await _answer_timeout(send, self.timeout)
+            await _answer_timeout(send, self.timeout, _accept(scope))
 
 
 def _client(scope: Scope) -> str | None:
@@ -132,14 +131,20 @@ def _client(scope: Scope) -> str | None:
     return f"{client[0]}:{client[1]}" if client else None
 
 
-async def _answer_timeout(send: Send, seconds: float) -> None:
+def _accept(scope: Scope) -> str | None:
+    accept = next((v for k, v in scope["headers"] if k.lower() == b"accept"), None)
+    return None if accept is None else accept.decode("latin-1")
+
+
+async def _answer_timeout(send: Send, seconds: float, accept: str | None) -> None:
     message = (
         f"the request body stopped arriving: no data for {seconds:g} seconds "
         "(client_socket_timeout); nothing was kept, send the request again"
     )
-    body = json.dumps(error_body(408, message, TIMEOUT_CODE)).encode()
+    body, media = render_error(408, message, TIMEOUT_CODE, accept)
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", media.encode()),
+        (ERROR_CODE_HEADER.lower().encode(), TIMEOUT_CODE.encode()),
         (b"content-length", str(len(body)).encode()),
         # The rest of the body may still come: closing is the only way not to read it.
         (b"connection", b"close"),

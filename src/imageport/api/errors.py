@@ -1,4 +1,4 @@
-"""Errors in Glance's JSON shape, plus imageport's stable error code.
+"""Errors in Glance's shape, plus imageport's stable error code.
 
 Every error response is ``{"code": "404 Not Found", "title": "Not Found", "message": "…",
 "error_code": "not_found"}``: the first three keys are what Glance (webob) writes and what
@@ -12,13 +12,15 @@ reference, never to the client.
 
 from __future__ import annotations
 
+import html
+import json
 import uuid
 from http import HTTPStatus
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -129,51 +131,123 @@ def error_body(status: int, message: str, code: str) -> dict[str, str]:
     return {"code": f"{status} {phrase}", "title": phrase, "message": message, "error_code": code}
 
 
+#: The media types of an error body, in the order webob (Glance's) prefers them on a tie.
+ERROR_MEDIA_TYPES = ("text/plain", "text/html", "application/json")
+#: The error code of every error response, whatever its media type.
+ERROR_CODE_HEADER = "X-Imageport-Error-Code"
+
+
+def error_media_type(accept: str | None) -> str:
+    """The media type of an error body, chosen from ``Accept`` as Glance's webob chooses it.
+
+    The offer whose most specific matching range has the highest ``q`` wins; ties go to
+    text/plain, then text/html, then JSON, so ``*/*`` (curl, python-glanceclient) gets text
+    and only a client that asks for ``application/json`` gets the JSON document.
+    python-glanceclient reads a JSON error body as a mapping of objects and fails on Glance's
+    flat shape: with text it shows the message.
+    """
+    ranges: list[tuple[str, float]] = []
+    for part in (accept or "*/*").split(","):
+        media, _, params = part.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media:
+            ranges.append((media.strip().lower(), quality))
+    best, best_q = ERROR_MEDIA_TYPES[0], 0.0
+    for offer in ERROR_MEDIA_TYPES:
+        quality = _quality(offer, ranges)
+        if quality > best_q:
+            best, best_q = offer, quality
+    return best
+
+
+def _quality(offer: str, ranges: list[tuple[str, float]]) -> float:
+    """The q of ``offer`` under its most specific matching range (0 when none matches)."""
+    kind = offer.split("/", maxsplit=1)[0]
+    for pattern in (offer, f"{kind}/*", "*/*"):
+        for media, quality in ranges:
+            if media == pattern:
+                return quality
+    return 0.0
+
+
+def render_error(status: int, message: str, code: str, accept: str | None) -> tuple[bytes, str]:
+    """An error body and its content type, negotiated from ``Accept`` (see error_media_type)."""
+    media = error_media_type(accept)
+    if media == "application/json":
+        return json.dumps(error_body(status, message, code)).encode(), media
+    line = f"{status} {HTTPStatus(status).phrase}"
+    if media == "text/html":
+        text = (
+            f"<html>\n <head>\n  <title>{line}</title>\n </head>\n <body>\n  <h1>{line}</h1>\n"
+            f"  {html.escape(message)}<br /><br />\n\n\n\n </body>\n</html>"
+        )
+        return text.encode(), "text/html; charset=UTF-8"
+    return f"{line}\n\n{message}\n\n   ".encode(), "text/plain; charset=UTF-8"
+
+
 def error_response(
-    status: int, message: str, code: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """A response in Glance's error shape."""
-    return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
+    request: Request,
+    status: int,
+    message: str,
+    code: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An error response in the media type the request prefers (Glance's JSON shape or text)."""
+    body, media = render_error(status, message, code, request.headers.get("accept"))
+    return Response(
+        body,
+        status_code=status,
+        media_type=media,
+        headers={**(headers or {}), ERROR_CODE_HEADER: code},
+    )
 
 
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into Glance's shape."""
 
-    async def on_api_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)  # noqa: S101 - registered for ApiError only
-        return error_response(exc.status, exc.message, exc.code, exc.headers)
+        return error_response(request, exc.status, exc.message, exc.code, exc.headers)
 
-    async def on_pipeline_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_pipeline_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, PipelineError)  # noqa: S101 - registered for PipelineError only
-        return error_response(status_of(exc), exc.message, exc.code)
+        return error_response(request, status_of(exc), exc.message, exc.code)
 
-    async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)  # noqa: S101
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        return error_response(400, problems or "invalid request", "invalid_request")
+        return error_response(request, 400, problems or "invalid request", "invalid_request")
 
-    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101
         headers = dict(exc.headers or {})
         return error_response(
-            exc.status_code, str(exc.detail), _default_code(exc.status_code), headers
+            request, exc.status_code, str(exc.detail), _default_code(exc.status_code), headers
         )
 
-    async def on_data_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_data_error(request: Request, exc: Exception) -> Response:
         # The database refused a value the request carried (a NUL character in a JSON string,
         # a number beyond BIGINT): bad input, answered as such instead of as a crash.
         assert isinstance(exc, DataError)  # noqa: S101 - registered for DataError only
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else "value out of range"
         return error_response(
+            request,
             400,
             f"a value in this request cannot be stored or compared ({detail}); "
             "correct it and send the request again",
             "invalid_value",
         )
 
-    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+    async def on_crash(request: Request, exc: Exception) -> Response:
         # A bug, or a service failing in a way nobody mapped: the client gets a generic 500
         # and a reference to quote, never the exception (its text can hold SQL, paths, values
         # of other requests); the log gets the traceback under the same reference.
@@ -185,7 +259,9 @@ def install(app: FastAPI) -> None:
             path=request.url.path,
             exc_info=exc,
         )
-        return error_response(500, CRASH_MESSAGE.format(reference=reference), "internal_error")
+        return error_response(
+            request, 500, CRASH_MESSAGE.format(reference=reference), "internal_error"
+        )
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(PipelineError, on_pipeline_error)
