@@ -278,8 +278,9 @@ def start_keystone() -> Keystone:
     _manage(
         conf,
         "bootstrap",
-        "--bootstrap-password",
-        admin_password,
+        # One argument with "=": a generated password may start with "-", which argparse would
+        # otherwise read as an option.
+        f"--bootstrap-password={admin_password}",
         "--bootstrap-public-url",
         f"{url}/v3",
         "--bootstrap-region-id",
