@@ -44,6 +44,7 @@ def _idle_upload(port: int, image_id: str, headers: dict[str, str] | None = None
     lines = [
         f"PUT /v2/images/{image_id}/stage HTTP/1.1",
         f"Host: 127.0.0.1:{port}",
+        "Accept: application/json",  # errors in Glance's JSON shape, not text
         "Content-Type: application/octet-stream",
         f"Content-Length: {DECLARED}",
         *(f"{name}: {value}" for name, value in (headers or {}).items()),
@@ -161,7 +162,8 @@ def test_stalled_bodies_are_dropped_after_client_socket_timeout(tmp_path):
             sock,
         ):
             head = (
-                "POST /v2/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "POST /v2/images HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n"
+                "Content-Type: application/json\r\n"
                 "Content-Length: 100\r\n\r\n{"
             )
             sock.sendall(head.encode())
@@ -241,6 +243,7 @@ def test_put_file_waits_for_its_import_without_holding_a_thread(tmp_path):
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=SETTLE)
             head = (
                 f"PUT /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\n"
+                "Accept: application/json\r\n"
                 f"Content-Type: application/octet-stream\r\nContent-Length: {len(SMALL)}\r\n\r\n"
             )
             sock.sendall(head.encode() + SMALL)
