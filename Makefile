@@ -3,6 +3,8 @@
 #   make test    lint, then the test suite (scripts/test.sh)
 #   make lint    ruff + mypy
 #   make bench   every benchmark (headline import, workers), one JSON document on stdout
+#   make conformance  the same requests to a real Glance 33 and to `imageport api`; differences
+#                     (installs Glance in .venv-glance; not part of make test)
 #   make clean   remove build output, ./imageport-data and caches (keeps .venv)
 
 SHELL := bash
@@ -14,8 +16,9 @@ PY := $(VENV)/bin/python
 SAMPLE := build/sample.qcow2
 RECORD := build/import.json
 BENCH_ARGS ?=
+CONFORMANCE_ARGS ?=
 
-.PHONY: help run test lint bench clean distclean demo-distributed
+.PHONY: help run test lint bench conformance clean distclean demo-distributed
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -43,6 +46,9 @@ lint:
 bench:
 	@scripts/bootstrap.sh --test >&2  # stdout carries only the JSON document
 	@$(PY) bench/run.py $(BENCH_ARGS)
+
+conformance:
+	scripts/conformance.sh $(CONFORMANCE_ARGS)
 
 demo-distributed:
 	scripts/bootstrap.sh --test

@@ -87,7 +87,11 @@ def main() -> None:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             started = time.monotonic()
-            answer = client.put(f"/v2/images/{image['id']}/stage", content=_body(total))
+            answer = client.put(
+                f"/v2/images/{image['id']}/stage",
+                content=_body(total),
+                headers={"Content-Type": "application/octet-stream"},
+            )
             seconds = time.monotonic() - started
             stop.set()
             sampler.join()

@@ -18,6 +18,11 @@ BENCHMARKS = {
     "workers": "workers.py",
     "stores": "stores.py",
     "api": "api.py",
+    # The fleet at scale (issue 16); each default run stays under 10 minutes on 2 cores, the
+    # full sizes are flags: soak.py --imports 10000, scale.py --virtual-gib 1,16,100.
+    "soak": "soak.py",
+    "scale": "scale.py",
+    "catalog": "catalog.py",
 }
 
 

@@ -2,7 +2,7 @@
 # Idempotent set-up shared by `make run`, `make test`, `make bench` and `make lint`.
 #
 #   scripts/bootstrap.sh            venv + editable install with [dev] + qemu-img/qemu-io
-#   scripts/bootstrap.sh --test     the above + redis-server and PostgreSQL binaries
+#   scripts/bootstrap.sh --test     the above + redis-server, rabbitmq-server, PostgreSQL, promtool
 #   scripts/bootstrap.sh --venv-only  only the venv (for lint: no system packages)
 #
 # Environment: PYTHON (default python3), VENV (default .venv).
@@ -54,6 +54,10 @@ if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1
 fi
 if [ "$mode" = test ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  # The RabbitMQ variants of the worker and chaos tests start throwaway nodes of their own.
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+  # promtool checks deploy/prometheus/ (Debian's prometheus package; its daemon stays off).
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     missing+=(postgresql)
   fi

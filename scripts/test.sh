@@ -3,7 +3,8 @@
 #
 # Services: when PostgreSQL listens on 127.0.0.1:5432 and IMAGEPORT_TEST_DATABASE_URL is unset,
 # it is pointed there; likewise IMAGEPORT_TEST_REDIS_URL when Redis answers PING on
-# 127.0.0.1:6379. Otherwise both stay unset and the test fixtures start throwaway servers.
+# 127.0.0.1:6379, and IMAGEPORT_TEST_RABBITMQ_URL (guest/guest) when 127.0.0.1:5672 answers.
+# Otherwise they stay unset and the test fixtures start throwaway servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -27,8 +28,12 @@ fi
 if [ -z "${IMAGEPORT_TEST_REDIS_URL:-}" ] && redis_pong 127.0.0.1 6379; then
   export IMAGEPORT_TEST_REDIS_URL=redis://127.0.0.1:6379/15
 fi
+if [ -z "${IMAGEPORT_TEST_RABBITMQ_URL:-}" ] && listens 127.0.0.1 5672; then
+  export IMAGEPORT_TEST_RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672/
+fi
 echo "test: IMAGEPORT_TEST_DATABASE_URL=${IMAGEPORT_TEST_DATABASE_URL:-<unset: fixtures start PostgreSQL>}" >&2
 echo "test: IMAGEPORT_TEST_REDIS_URL=${IMAGEPORT_TEST_REDIS_URL:-<unset: fixtures start Redis>}" >&2
+echo "test: IMAGEPORT_TEST_RABBITMQ_URL=${IMAGEPORT_TEST_RABBITMQ_URL:-<unset: fixtures start rabbitmq-server>}" >&2
 
 set +e
 "$VENV/bin/pytest" -q -p no:cacheprovider tests "$@"

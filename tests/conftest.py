@@ -240,3 +240,50 @@ def postgres_empty_url(postgres_url):
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
     return postgres_url
+
+
+# RabbitMQ, the other broker
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server_url():
+    """An AMQP URL: IMAGEPORT_TEST_RABBITMQ_URL, else a throwaway rabbitmq-server node.
+
+    Without rabbitmq-server the RabbitMQ variants skip locally, saying so, and fail in CI.
+    """
+    from brokers_support import RabbitServer, amqp_answers  # noqa: PLC0415
+
+    url = os.environ.get("IMAGEPORT_TEST_RABBITMQ_URL")
+    if url:
+        if not amqp_answers(url):
+            _unavailable(f"IMAGEPORT_TEST_RABBITMQ_URL={url} does not answer")
+        yield url
+        return
+    server = RabbitServer()
+    if server.binary is None:
+        _unavailable(
+            "no RabbitMQ: install rabbitmq-server (apt-get install rabbitmq-server) "
+            "or set IMAGEPORT_TEST_RABBITMQ_URL"
+        )
+    try:
+        server.start()
+    except RuntimeError as exc:
+        server.close()
+        _unavailable(f"a throwaway rabbitmq-server did not start: {exc}")
+    yield server.url
+    server.close()
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq_server_url):
+    """The session's RabbitMQ with none of imageport's queues (deleted before the test)."""
+    from brokers_support import purge_queues  # noqa: PLC0415
+
+    purge_queues(rabbitmq_server_url)
+    return rabbitmq_server_url
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request):
+    """A clean broker of each kind: the session's Redis (flushed) or RabbitMQ (purged)."""
+    return request.getfixturevalue(f"{request.param}_url")

@@ -57,6 +57,10 @@ DEFAULT_MAX_IMAGE_LOCATIONS = 10  # locations per image (Glance's image_location
 DEFAULT_KEYSTONE_CACHE_SECONDS = 300.0  # seconds a validated token is trusted without asking
 DEFAULT_CLIENT_SOCKET_TIMEOUT = 900.0  # seconds one read of a request body may wait (Glance's)
 DEFAULT_STAGING_TTL_HOURS = 24  # hours a staged upload that is never imported is kept
+DEFAULT_SPACE_MARGIN_RATIO = 0.05  # share of a step's size kept free beyond it (space admission)
+DEFAULT_SPACE_MARGIN_BYTES = 64 * 1024 * 1024  # bytes kept free beyond a step's size
+DEFAULT_SPACE_WAIT_SECONDS = 900.0  # seconds a job waits for space before failing no_space
+DEFAULT_SPACE_RETRY_SECONDS = 10.0  # seconds before a job handed back for space is offered again
 
 #: How ``imageport api`` learns who is calling (see :mod:`imageport.access`).
 AuthStrategy = Literal["keystone", "trusted-proxy", "noauth"]
@@ -93,6 +97,9 @@ class StoreSettings(BaseModel):
     secret_key: str | None = None
     prefix: str = ""
     read_only: bool = False
+    #: What ``GET /v2/info/stores`` says of the store (Glance's ``store_description``);
+    #: unset, the store is listed without a description, as in Glance.
+    description: str | None = None
 
     @model_validator(mode="after")
     def _check_kind(self) -> StoreSettings:
@@ -218,6 +225,28 @@ class Settings(BaseSettings):
     #: unlimited. Past the cap an upload is refused (503 in all, 413 per project).
     max_concurrent_uploads: int | None = Field(default=None, ge=1)
     max_concurrent_uploads_per_project: int | None = Field(default=None, ge=1)
+    # Glance parity (issue 14).
+    #: Show ``locations`` in image bodies (Glance's ``show_multiple_locations``): the stored
+    #: locations to administrators, an empty list to anyone else. Off by default, as in Glance.
+    show_multiple_locations: bool = False
+    #: Show ``direct_url`` (the first location's URL) in image bodies (Glance's
+    #: ``show_image_direct_url``). Off by default, as in Glance: it exposes store paths.
+    show_image_direct_url: bool = False
+    # The fleet at scale (issue 16).
+    #: Give each project with queued imports a turn (round robin over imports in flight);
+    #: off, workers run imports in the broker's order.
+    fair_share: bool = True
+    #: Imports one project may have in flight at once across all workers; None is unlimited.
+    #: (``image_count_uploading`` already refuses imports at the API past the quota.)
+    max_inflight_per_project: int | None = Field(default=None, ge=1)
+    #: Space admission: a worker starts staging or converting only when the file system can
+    #: hold what the step writes, plus this margin (a share of the size and a fixed amount).
+    space_margin_ratio: float = Field(default=DEFAULT_SPACE_MARGIN_RATIO, ge=0)
+    space_margin_bytes: int = Field(default=DEFAULT_SPACE_MARGIN_BYTES, ge=0)
+    #: Seconds a job that fits nowhere keeps waiting for space before it fails (no_space).
+    space_wait_seconds: float = Field(default=DEFAULT_SPACE_WAIT_SECONDS, ge=0)
+    #: Seconds before a job handed back for lack of space is offered to a worker again.
+    space_retry_seconds: float = Field(default=DEFAULT_SPACE_RETRY_SECONDS, gt=0)
 
     @classmethod
     def settings_customise_sources(

@@ -19,8 +19,11 @@ START_TIMEOUT = 60.0  # seconds for the server to answer /healthz
 
 #: What an authenticating proxy adds in front of an API with auth_strategy trusted-proxy.
 CONFIRMED = {"X-Identity-Status": "Confirmed"}
-#: Asks for errors in Glance's JSON shape (without it the API answers text, as Glance does).
+#: Asks for errors in Glance's JSON shape (without it the API answers text or HTML, as Glance
+#: does).
 JSON_ERRORS = {"Accept": "application/json"}
+#: The only Content-Type PUT /file and PUT /stage accept, as in Glance (none at all is a 415).
+OCTETS = {"Content-Type": "application/octet-stream"}
 #: An administrator, as a trusted proxy confirms one.
 TRUSTED_ADMIN = {**CONFIRMED, "X-Project-Id": "admin-project", "X-Roles": "admin,member,reader"}
 

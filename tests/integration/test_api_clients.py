@@ -135,7 +135,7 @@ def test_sdk_list_filters_and_paging(conn, http):
     listed = list(conn.image.images(tag=["paging"], sort_key="name", sort_dir="asc", limit=2))
     assert [i.name for i in listed] == [f"page-{n}" for n in range(5)]
     assert [i.name for i in conn.image.images(tag=["paging", "n3"])] == ["page-3"]
-    page = http.get("/v2/images", params={"tag": "paging", "limit": 2, "sort": "min_ram:desc"})
+    page = http.get("/v2/images", params={"tag": "paging", "limit": 2, "sort": "name:desc"})
     body = page.json()
     assert [i["name"] for i in body["images"]] == ["page-4", "page-3"]
     assert "marker=" in body["next"]

@@ -74,10 +74,21 @@ def test_an_unexpected_exception_is_a_generic_500(server):
 @pytest.mark.parametrize(
     ("accept", "media", "start"),
     [
+        # webob offers HTML and JSON (HTML wins a tie) and falls back to text/plain.
         (None, "text/plain", "404 Not Found\n\nno image found"),
-        ("*/*", "text/plain", "404 Not Found\n\nno image found"),
+        ("", "text/plain", "404 Not Found\n\nno image found"),
+        ("*/*", "text/html", "<html>"),
+        ("text/*", "text/html", "<html>"),
+        ("foo", "text/html", "<html>"),  # an invalid header accepts everything
+        ("application/json;q=0.5, */*", "text/html", "<html>"),
+        ("text/plain, application/json", "application/json", '{"code": "404 Not Found"'),
+        ("text/html;q=0, */*", "application/json", '{"code": "404 Not Found"'),
+        ("text/plain", "text/plain", "404 Not Found\n\nno image found"),
+        ("*/*;q=0", "text/plain", "404 Not Found\n\nno image found"),
+        ("application/octet-stream", "text/plain", "404 Not Found\n\nno image found"),
         ("text/html", "text/html", "<html>"),
         ("application/json", "application/json", '{"code": "404 Not Found"'),
+        ("application/*", "application/json", '{"code": "404 Not Found"'),
         ("application/json, */*;q=0.1", "application/json", '{"code": "404 Not Found"'),
     ],
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import CONFIRMED, TRUSTED_ADMIN, api_client, api_server, wait_status
+from api_support import CONFIRMED, OCTETS, TRUSTED_ADMIN, api_client, api_server, wait_status
 
 from imageport.access.identity import Identity
 from imageport.config import Settings
@@ -41,12 +41,15 @@ DATA = os.urandom(2 * 1024 * 1024 + 11)
 def remote(tmp_path):
     """A running API holding one active image; yields (server, client, record)."""
     with (
-        api_server(tmp_path / "remote") as server,
+        # show_multiple_locations: a test reaches the stored file through its location.
+        api_server(tmp_path / "remote", show_multiple_locations=True) as server,
         api_client(server.url, timeout=60) as client,
     ):
         fields = {"disk_format": "raw", "container_format": "bare"}
         original = client.post("/v2/images", json=fields).json()
-        client.put(f"/v2/images/{original['id']}/file", content=DATA).raise_for_status()
+        client.put(
+            f"/v2/images/{original['id']}/file", content=DATA, headers=OCTETS
+        ).raise_for_status()
         yield server, client.get(f"/v2/images/{original['id']}").json()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from api_support import CONFIRMED, TRUSTED_ADMIN, api_client, api_server, wait_status
+from api_support import CONFIRMED, OCTETS, TRUSTED_ADMIN, api_client, api_server, wait_status
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 ALICE = {"X-Project-Id": "alice", "X-Roles": "member"}
@@ -44,7 +44,20 @@ def _new(http, headers=ALICE, **fields):
 
 def _active(http, headers=ALICE, **fields):
     image_id = _new(http, headers, **fields)
-    http.put(f"/v2/images/{image_id}/file", content=DATA, headers=headers).raise_for_status()
+    http.put(
+        f"/v2/images/{image_id}/file", content=DATA, headers={**(headers or {}), **OCTETS}
+    ).raise_for_status()
+    return image_id
+
+
+def _imported(http, headers=ALICE):
+    """An image made active by a glance-direct import (PUT /file makes no Glance task)."""
+    image_id = _new(http, headers)
+    url = f"/v2/images/{image_id}"
+    http.put(f"{url}/stage", content=DATA, headers={**headers, **OCTETS}).raise_for_status()
+    body = {"method": {"name": "glance-direct"}}
+    http.post(f"{url}/import", json=body, headers=headers).raise_for_status()
+    wait_status(http, image_id, "active")
     return image_id
 
 
@@ -126,11 +139,15 @@ def test_delete(http):
 def test_upload_stage_and_import(http):
     image_id = _new(http)
     url = f"/v2/images/{image_id}"
-    _refused(http.put(f"{url}/file", content=DATA, headers=ALICE_READER), "upload_image")
-    assert http.put(f"{url}/file", content=DATA, headers=BOB).status_code == 404
+    _refused(
+        http.put(f"{url}/file", content=DATA, headers={**ALICE_READER, **OCTETS}), "upload_image"
+    )
+    assert http.put(f"{url}/file", content=DATA, headers={**BOB, **OCTETS}).status_code == 404
     # Glance's stage has no rule of its own: modify_image.
-    _refused(http.put(f"{url}/stage", content=DATA, headers=ALICE_READER), "modify_image")
-    assert http.put(f"{url}/stage", content=DATA, headers=ALICE).status_code == 204
+    _refused(
+        http.put(f"{url}/stage", content=DATA, headers={**ALICE_READER, **OCTETS}), "modify_image"
+    )
+    assert http.put(f"{url}/stage", content=DATA, headers={**ALICE, **OCTETS}).status_code == 204
     direct = {"method": {"name": "glance-direct"}}
     _refused(http.post(f"{url}/import", json=direct, headers=ALICE_READER), "modify_image")
     assert http.post(f"{url}/import", json=direct, headers=ALICE).status_code == 202
@@ -208,7 +225,7 @@ def test_deactivate_and_reactivate(http):
 
 
 def test_tasks(http):
-    image_id = _active(http)
+    image_id = _imported(http)
     _refused(http.get("/v2/tasks", headers=ALICE), "tasks_api_access")
     assert http.get("/v2/tasks").status_code == 200
     image_tasks = http.get(f"/v2/images/{image_id}/tasks", headers=ALICE_READER)

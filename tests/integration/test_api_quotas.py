@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import CONFIRMED, api_client, api_server, wait_status
+from api_support import CONFIRMED, OCTETS, api_client, api_server, wait_status
 
 from imageport.config import Settings
 from imageport.pipeline import Services
@@ -107,22 +107,24 @@ def test_image_stage_total(http):
     first, second = _create(http, alice), _create(http, alice)
     # A declared length is the least the upload adds: refused before any byte is read.
     over(
-        http.put(f"/v2/images/{first}/stage", content=BIG, headers=alice),
+        http.put(f"/v2/images/{first}/stage", content=BIG, headers={**alice, **OCTETS}),
         over_limit("stage-a", "image_stage_total", 2, 0, 3),
     )
     assert http.get(f"/v2/images/{first}", headers=alice).json()["status"] == "queued"
     # Without one, Glance's check (current usage, delta 0) lets it in...
-    assert http.put(f"/v2/images/{first}/stage", content=chunked(BIG), headers=alice).is_success
+    assert http.put(
+        f"/v2/images/{first}/stage", content=chunked(BIG), headers={**alice, **OCTETS}
+    ).is_success
     staged = http.get(f"/v2/images/{first}", headers=alice).json()
     assert (staged["status"], staged["size"]) == ("uploading", len(BIG))
     # ... and then the project is over its staging limit.
     over(
-        http.put(f"/v2/images/{second}/stage", content=TINY, headers=alice),
+        http.put(f"/v2/images/{second}/stage", content=TINY, headers={**alice, **OCTETS}),
         over_limit("stage-a", "image_stage_total", 2, 3, 0),
     )
     bob = project("stage-b")
     other = _create(http, bob)
-    assert http.put(f"/v2/images/{other}/stage", content=TINY, headers=bob).is_success
+    assert http.put(f"/v2/images/{other}/stage", content=TINY, headers={**bob, **OCTETS}).is_success
     # glance-direct adds the staged bytes to image_size_total.
     over(
         http.post(
@@ -134,21 +136,25 @@ def test_image_stage_total(http):
     )
     # A deleted image's staged upload no longer counts.
     assert http.delete(f"/v2/images/{first}", headers=alice).status_code == 204
-    assert http.put(f"/v2/images/{second}/stage", content=TINY, headers=alice).is_success
+    assert http.put(
+        f"/v2/images/{second}/stage", content=TINY, headers={**alice, **OCTETS}
+    ).is_success
 
 
 def test_image_size_total(http):
     alice = project("size-a")
     first, second = _create(http, alice), _create(http, alice)
     over(
-        http.put(f"/v2/images/{first}/file", content=BIG, headers=alice),
+        http.put(f"/v2/images/{first}/file", content=BIG, headers={**alice, **OCTETS}),
         over_limit("size-a", "image_size_total", 2, 0, 3),
     )
     assert http.get(f"/v2/images/{first}", headers=alice).json()["status"] == "queued"
-    assert http.put(f"/v2/images/{first}/file", content=chunked(BIG), headers=alice).is_success
+    assert http.put(
+        f"/v2/images/{first}/file", content=chunked(BIG), headers={**alice, **OCTETS}
+    ).is_success
     assert http.get(f"/v2/images/{first}", headers=alice).json()["status"] == "active"
     over(
-        http.put(f"/v2/images/{second}/file", content=TINY, headers=alice),
+        http.put(f"/v2/images/{second}/file", content=TINY, headers={**alice, **OCTETS}),
         over_limit("size-a", "image_size_total", 2, 3, 0),
     )
     web = {"method": {"name": "web-download", "uri": "https://example.org/disk.raw"}}
@@ -158,18 +164,20 @@ def test_image_size_total(http):
     )
     bob = project("size-b")
     other = _create(http, bob)
-    assert http.put(f"/v2/images/{other}/file", content=TINY, headers=bob).is_success
+    assert http.put(f"/v2/images/{other}/file", content=TINY, headers={**bob, **OCTETS}).is_success
     assert http.get(f"/v2/images/{other}", headers=bob).json()["status"] == "active"
 
 
 def test_image_count_uploading(http):
     alice = project("up-a")
     first, second = _create(http, alice), _create(http, alice)
-    assert http.put(f"/v2/images/{first}/stage", content=TINY, headers=alice).is_success
+    assert http.put(
+        f"/v2/images/{first}/stage", content=TINY, headers={**alice, **OCTETS}
+    ).is_success
     # As Glance: the image shows uploading first, then the count (which includes it) is checked.
     for verb in ("stage", "file"):
         over(
-            http.put(f"/v2/images/{second}/{verb}", content=TINY, headers=alice),
+            http.put(f"/v2/images/{second}/{verb}", content=TINY, headers={**alice, **OCTETS}),
             over_limit("up-a", "image_count_uploading", 1, 2, 0),
         )
         assert http.get(f"/v2/images/{second}", headers=alice).json()["status"] == "queued"
@@ -180,7 +188,7 @@ def test_image_count_uploading(http):
     )
     bob = project("up-b")
     other = _create(http, bob)
-    assert http.put(f"/v2/images/{other}/stage", content=TINY, headers=bob).is_success
+    assert http.put(f"/v2/images/{other}/stage", content=TINY, headers={**bob, **OCTETS}).is_success
 
 
 def test_properties_limit_on_create_and_patch(http):
@@ -291,9 +299,9 @@ def test_staged_uploads_expire(tmp_path):
         api_client(srv.url, timeout=60, headers=alice) as http,
     ):
         old, new = _create(http, alice), _create(http, alice)
-        assert http.put(f"/v2/images/{old}/stage", content=chunked(BIG)).is_success
+        assert http.put(f"/v2/images/{old}/stage", content=chunked(BIG), headers=OCTETS).is_success
         over(
-            http.put(f"/v2/images/{new}/stage", content=TINY),
+            http.put(f"/v2/images/{new}/stage", content=TINY, headers=OCTETS),
             over_limit("ttl-a", "image_stage_total", 2, 3, 0),
         )
         upload = data_dir.resolve() / "staging" / "uploads" / old
@@ -307,7 +315,7 @@ def test_staged_uploads_expire(tmp_path):
         direct = {"method": {"name": "glance-direct"}}
         assert http.post(f"/v2/images/{old}/import", json=direct).status_code == 409
         # Expired, it no longer counts: the other image stages now, and a fresh upload is kept.
-        assert http.put(f"/v2/images/{new}/stage", content=TINY).is_success
+        assert http.put(f"/v2/images/{new}/stage", content=TINY, headers=OCTETS).is_success
         _reap(data_dir, ttl_seconds=60.0)
         assert http.get(f"/v2/images/{new}").json()["status"] == "uploading"
         assert http.post(f"/v2/images/{new}/import", json=direct).status_code == 202

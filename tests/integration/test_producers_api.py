@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import api_client, api_server, file_server, wait_status
+from api_support import OCTETS, api_client, api_server, file_server, wait_status
 
 import producers as vm
 from images import stored_path
@@ -93,7 +93,9 @@ def _assert_converted(http: httpx.Client, image_id: str, source: Path) -> None:
 @pytest.mark.parametrize("which", CLASSES)
 def test_glance_direct(http, vmdks, which):
     image_id = _new_image(http, f"direct-{which}")
-    staged = http.put(f"/v2/images/{image_id}/stage", content=vmdks[which].read_bytes())
+    staged = http.put(
+        f"/v2/images/{image_id}/stage", content=vmdks[which].read_bytes(), headers=OCTETS
+    )
     assert staged.status_code == 204, staged.text
     started = http.post(f"/v2/images/{image_id}/import", json={"method": {"name": "glance-direct"}})
     assert started.status_code == 202, started.text
@@ -113,7 +115,9 @@ def test_web_download(http, vmdks, files, which):
 @pytest.mark.parametrize("which", CLASSES)
 def test_put_file(http, vmdks, which):
     image_id = _new_image(http, f"file-{which}")
-    uploaded = http.put(f"/v2/images/{image_id}/file", content=vmdks[which].read_bytes())
+    uploaded = http.put(
+        f"/v2/images/{image_id}/file", content=vmdks[which].read_bytes(), headers=OCTETS
+    )
     assert uploaded.status_code == 204, uploaded.text
     _assert_converted(http, image_id, vmdks[which])
 
@@ -121,7 +125,9 @@ def test_put_file(http, vmdks, which):
 def test_a_footer_that_disagrees_fails_the_import_with_its_rule(http, vmdks):
     image_id = _new_image(http, "bad-footer")
     # The footer is at the very end: PUT /stage stores the bytes, the import refuses them.
-    staged = http.put(f"/v2/images/{image_id}/stage", content=vmdks["bad_footer"].read_bytes())
+    staged = http.put(
+        f"/v2/images/{image_id}/stage", content=vmdks["bad_footer"].read_bytes(), headers=OCTETS
+    )
     assert staged.status_code == 204, staged.text
     started = http.post(f"/v2/images/{image_id}/import", json={"method": {"name": "glance-direct"}})
     assert started.status_code == 202, started.text

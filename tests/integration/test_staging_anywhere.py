@@ -13,7 +13,7 @@ import os
 import time
 
 import pytest
-from api_support import api_client, api_server, wait_status
+from api_support import OCTETS, api_client, api_server, wait_status
 from s3_support import bucket_keys, open_uploads
 
 from imageport.config import Settings
@@ -194,7 +194,9 @@ def test_upload_received_by_one_api_host_is_imported_by_another(
         image = api_a.post(
             "/v2/images", json={"disk_format": "raw", "container_format": "bare"}
         ).json()
-        api_a.put(f"/v2/images/{image['id']}/stage", content=data).raise_for_status()
+        api_a.put(
+            f"/v2/images/{image['id']}/stage", content=data, headers=OCTETS
+        ).raise_for_status()
         assert f"staging/{image['id']}.upload" in bucket_keys(moto_endpoint, bucket)
 
         api_b.post(

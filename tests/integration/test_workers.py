@@ -1,4 +1,7 @@
-"""Distributed mode against real processes: Redis, PostgreSQL, `imageport worker` groups."""
+"""Distributed mode against real processes: Redis or RabbitMQ, PostgreSQL, worker groups.
+
+Every test that queues a job runs once per broker (the ``broker_url`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,11 @@ import os
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from workers_support import SlowHandler, Worker, cli, cli_json, serve, wait_for
+from workers_support import SlowHandler, Worker, cli, cli_json, serve, submit, wait_for
 
 from imageport.config import Settings
-from imageport.pipeline.context import Services
-from imageport.pipeline.methods.submit import submit_import
-from imageport.pipeline.request import ImportRequest
 from imageport.records import Database, image_to_dict, leases, repository
 from imageport.records.base import utcnow
 from imageport.workers.actors import declare_actors
@@ -22,13 +23,13 @@ from images import MIB, file_digests, leftover_files, make_qcow2, stored_path
 
 
 @pytest.fixture
-def dist_env(tmp_path, redis_url, postgres_empty_url):
+def dist_env(tmp_path, broker_url, postgres_empty_url):
     base = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPORT_")}
     env = {
         **base,
         "IMAGEPORT_DATA_DIR": str(tmp_path / "data"),
         "IMAGEPORT_DATABASE_URL": postgres_empty_url,
-        "IMAGEPORT_BROKER_URL": redis_url,
+        "IMAGEPORT_BROKER_URL": broker_url,
         "IMAGEPORT_LEASE_TTL_SECONDS": "3",
         "IMAGEPORT_REAPER_INTERVAL_SECONDS": "1",
         "IMAGEPORT_PROGRESS_INTERVAL_SECONDS": "0.1",
@@ -90,29 +91,7 @@ def _image(env, image_id):
         database.dispose()
 
 
-def _submit(env, source, *extra):
-    """What `imageport import SOURCE --no-wait` does, in-process (saves a CLI start per job)."""
-    options = dict(zip(extra[::2], extra[1::2], strict=True))
-    settings = Settings(
-        data_dir=Path(env["IMAGEPORT_DATA_DIR"]),
-        database_url=env["IMAGEPORT_DATABASE_URL"],
-        broker_url=env["IMAGEPORT_BROKER_URL"],
-    )
-    services = Services.from_settings(settings)
-    try:
-        url = str(source).startswith("http")
-        request = ImportRequest(
-            method="web-download" if url else "local-file",
-            source=str(source),
-            disk_format=options.get("--disk-format", "qcow2"),
-            target_format=options.get("--target-format"),
-            checksum=options.get("--checksum"),
-        )
-        submitted = submit_import(services, request)
-        declare_actors(build_broker(settings), lambda: services).enqueue_import(submitted.task_id)
-        return {"image_id": submitted.image_id, "task_id": submitted.task_id}
-    finally:
-        services.close()
+_submit = submit  # the helper lives in workers_support (shared with test_fleet)
 
 
 def _stage_running(db, task_id, stage):
@@ -182,6 +161,32 @@ def test_killed_worker_job_is_taken_over_after_the_lease_expires(
     md5, sha512 = file_digests(stored_path(image["locations"][0]["url"]))
     assert (image["checksum"], image["os_hash_value"]) == (md5, sha512)
     _assert_clean(dist_env, [image])
+
+
+def test_workers_stop_when_their_supervisor_is_killed(dist_env, db, workers, slow_source):
+    """A SIGKILLed supervisor leaves no orphans: each worker checkpoints and exits."""
+    _, url = slow_source
+    SlowHandler.rate = MIB // 2  # still downloading when the worker stops
+    group = workers("--processes", "2")
+    pids = wait_for(lambda: len(group.worker_pids()) == 2 and group.worker_pids(), 30, "workers")
+    ids = _submit(dist_env, url, "--disk-format", "qcow2")
+    wait_for(lambda: _stage_running(db, ids["task_id"], "stage"), 30, "staging to start")
+
+    group.kill9_supervisor()
+
+    # Each worker sees its parent die at once (PR_SET_PDEATHSIG), stops as on SIGTERM within
+    # the grace period (1 s here) and exits; the job is requeued with its lease released.
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), 20, "the workers to exit")
+    status, _, _, message, runs = _task(db, ids["task_id"])
+    assert status == "pending"
+    assert "shut down" in message
+    assert runs[-1][2] == "failed"
+    with db.session() as session:
+        assert repository.get_task(session, ids["task_id"]).lease_owner is None
+
+    SlowHandler.rate = 8 * MIB
+    workers()
+    wait_for(lambda: _task(db, ids["task_id"])[0] == "success", 60, "the requeued job")
 
 
 def test_cancel_stops_a_running_import_and_removes_its_data(dist_env, db, workers, slow_source):
@@ -259,11 +264,17 @@ def test_reaper_requeues_an_expired_lease_then_fails_when_attempts_are_used(
     assert _image(dist_env, again["image_id"])["status"] == "queued"
 
 
-def test_lost_queue_messages_are_resent(dist_env, db, workers, tmp_path, redis_url):
-    import redis  # noqa: PLC0415
-
+def test_lost_queue_messages_are_resent(dist_env, db, workers, tmp_path, broker_url):
     ids = _submit(dist_env, make_qcow2(tmp_path / "lost.qcow2"))
-    redis.Redis.from_url(redis_url).flushdb()  # a Redis restart without persistence
+    # A broker restarted without persistence (or a message lost on the way).
+    if broker_url.startswith("redis"):
+        import redis  # noqa: PLC0415
+
+        redis.Redis.from_url(broker_url).flushdb()
+    else:
+        from brokers_support import purge_queues  # noqa: PLC0415
+
+        purge_queues(broker_url)
     with db.session() as session:
         task = repository.get_task(session, ids["task_id"])
         task.updated_at = utcnow().replace(year=2000)

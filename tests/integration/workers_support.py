@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -13,6 +14,40 @@ import time
 from pathlib import Path
 
 IMAGEPORT = [sys.executable, "-m", "imageport"]
+
+
+def submit(env: dict[str, str], source: object, *extra: str, owner: str | None = None) -> dict:
+    """What `imageport import SOURCE --no-wait` does, in-process (saves a CLI start per job)."""
+    from imageport.config import Settings  # noqa: PLC0415
+    from imageport.pipeline.context import Services  # noqa: PLC0415
+    from imageport.pipeline.methods.submit import submit_import  # noqa: PLC0415
+    from imageport.pipeline.request import ImportRequest  # noqa: PLC0415
+    from imageport.workers.actors import declare_actors  # noqa: PLC0415
+    from imageport.workers.broker import build_broker  # noqa: PLC0415
+
+    options = dict(zip(extra[::2], extra[1::2], strict=True))
+    settings = Settings(
+        data_dir=Path(env["IMAGEPORT_DATA_DIR"]),
+        database_url=env["IMAGEPORT_DATABASE_URL"],
+        broker_url=env["IMAGEPORT_BROKER_URL"],
+    )
+    services = Services.from_settings(settings)
+    broker = build_broker(settings)
+    try:
+        url = str(source).startswith("http")
+        request = ImportRequest(
+            method="web-download" if url else "local-file",
+            source=str(source),
+            disk_format=options.get("--disk-format", "qcow2"),
+            target_format=options.get("--target-format"),
+            checksum=options.get("--checksum"),
+        )
+        submitted = submit_import(services, request, owner=owner)
+        declare_actors(broker, lambda: services).enqueue_import(submitted.task_id)
+        return {"image_id": submitted.image_id, "task_id": submitted.task_id}
+    finally:
+        broker.close()
+        services.close()
 
 
 class Worker:
@@ -43,6 +78,23 @@ class Worker:
         finally:
             self._out.close()
 
+    def worker_pids(self) -> list[int]:
+        """The worker processes of the group (not the supervisor's helpers)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        pids = []
+        for pid in map(int, children.split()):
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # exited meanwhile
+        return pids
+
+    def kill9_supervisor(self) -> None:
+        """SIGKILL the supervisor alone; its worker processes get no signal from us."""
+        self.proc.kill()
+        self.proc.wait(10)
+
     def process_cpus(self) -> list[set[int]]:
         """The CPUs each worker process (not the supervisor's helpers) may run on."""
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
@@ -56,10 +108,10 @@ class Worker:
         return result
 
     def stop(self) -> None:
-        """Clean up, whatever state the process is in."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        """Clean up, whatever state the process is in (its workers too, even orphaned)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group outlives a dead leader
+        self.proc.wait(10)
         if not self._out.closed:
             self._out.close()
 

@@ -19,7 +19,9 @@ from imageport.api import actions, data, discovery, errors, images, imports, lis
 from imageport.api.auth import AuthMiddleware
 from imageport.api.body_timeout import BodyTimeoutMiddleware
 from imageport.api.deps import ApiContext
+from imageport.api.request_id import RequestIdMiddleware
 from imageport.api.upload_slots import UploadSlots
+from imageport.api.versions import CURRENT_VERSION, VersionNegotiationMiddleware
 from imageport.config import Settings
 from imageport.pipeline import Services
 from imageport.workers.actors import declare_actors
@@ -27,7 +29,7 @@ from imageport.workers.broker import build_broker
 from imageport.workers.embedded import EmbeddedWorker
 
 #: The Image API version this server reports as current.
-API_VERSION = "2.16"
+API_VERSION = CURRENT_VERSION
 
 
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
@@ -73,9 +75,13 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.state.settings = settings
     errors.install(app)
     gate = TokenGate(settings.api_token) if settings.api_token is not None else None
+    # Innermost: as in Glance, the request id is given once the caller is authenticated.
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(AuthMiddleware, authenticator=build_authenticator(settings), gate=gate)
-    # Added last, so outermost: every request body read is timed, whoever reads it.
+    # Every request body read is timed, whoever reads it.
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.client_socket_timeout)
+    # Added last, so outermost: Glance negotiates the version before authenticating.
+    app.add_middleware(VersionNegotiationMiddleware)
     app.state.upload_slots = UploadSlots.from_settings(settings)
     for module in (discovery, listing, images, actions, data, imports, members, tasks):
         app.include_router(module.router)

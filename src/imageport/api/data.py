@@ -17,7 +17,6 @@ import in the event loop, holding no thread.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from functools import partial
 
@@ -30,17 +29,20 @@ from imageport.api.auth import Caller, Identity
 from imageport.api.bridge import body_chunks
 from imageport.api.deps import ApiContext, Ctx
 from imageport.api.errors import ApiError, bad_request, conflict, forbidden, status_of
+from imageport.api.ranges import requested_span
+from imageport.api.upload_import import (
+    UNACCEPTABLE_DATA,
+    await_upload_import,
+    back_to_queued,
+    submit_upload,
+)
 from imageport.api.upload_slots import Slots
-from imageport.errors import OverQuota, PipelineError
-from imageport.pipeline import ImportRequest, discard_upload, import_existing, receive_upload
-from imageport.records import Image, ImageStatus, TaskStatus, repository
-from imageport.records.states import RECEIVING
+from imageport.errors import OverQuota, PipelineError, UnsafeImage
+from imageport.pipeline import receive_upload
+from imageport.records import Image, ImageStatus, repository
 
 router = APIRouter(prefix="/v2/images", tags=["data"])
 
-TASK_POLL_SECONDS = 0.2  # how often PUT /file first looks whether its import finished
-TASK_POLL_MAX_SECONDS = 2.0  # ... and at most, once the import has run for a while
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 _OCTETS = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 }
@@ -51,6 +53,7 @@ async def stage_data(
     image_id: str, request: Request, ctx: Ctx, who: Caller, slots: Slots
 ) -> Response:
     """Stage the image's data for a later glance-direct import (queued → uploading)."""
+    _check_octet_stream(request)
     with slots.hold(who):  # 503/413 before the image is touched when uploads are at their cap
         await anyio.to_thread.run_sync(
             partial(
@@ -71,6 +74,15 @@ async def upload_data(
     image_id: str, request: Request, ctx: Ctx, who: Caller, slots: Slots
 ) -> Response:
     """Upload the image's data and import it at once (answers when the image is active)."""
+    _check_octet_stream(request)
+    store = request.headers.get("X-Image-Meta-Store")
+    if store is not None and store not in ctx.services.stores:
+        # Glance checks the store before it touches the image: 400 here (409 at POST /import).
+        raise bad_request(
+            f"Store for identifier {store} not found; configured stores: "
+            f"{', '.join(ctx.services.stores)}",
+            code="unknown_store",
+        )
     with slots.hold(who):  # the slot covers the upload, not the wait for the import
         image = await anyio.to_thread.run_sync(
             partial(
@@ -83,9 +95,8 @@ async def upload_data(
             )
         )
         await _receive(ctx, image_id, request, slots.limiter)
-    store = request.headers.get("X-Image-Meta-Store")
-    task_id = await anyio.to_thread.run_sync(_submit_upload, ctx, image, store)
-    await _await_import(ctx, request, task_id)
+    task_id = await anyio.to_thread.run_sync(submit_upload, ctx, image, store)
+    await await_upload_import(ctx, request, image_id, task_id)
     return Response(status_code=204)
 
 
@@ -126,12 +137,40 @@ def _begin_upload(
         with ctx.services.db.session() as session:
             ctx.quotas.check_uploading(session, who.project_id)
     except OverQuota:
-        _back_to_queued(ctx, image_id)
+        back_to_queued(ctx, image_id)
         raise
     return image
 
 
+def _check_octet_stream(request: Request) -> None:
+    """Glance's 415 for a body whose type is not ``application/octet-stream``.
+
+    A body without a Content-Type too, as in Glance ("Invalid content type None"): curl's
+    ``-T`` and plain HTTP libraries send none, so the message says what to send.
+    """
+    given = request.headers.get("content-type")
+    media = given.split(";")[0].strip().lower() if given is not None else None
+    if media != "application/octet-stream":
+        raise ApiError(
+            415,
+            f"Invalid content type {media}; send the data as application/octet-stream "
+            "(Content-Type: application/octet-stream)",
+            code="unsupported_media_type",
+        )
+
+
 def _declared_length(request: Request) -> int | None:
+    """The size the client declares: ``X-Openstack-Image-Size``, else ``Content-Length``.
+
+    Raises:
+        ApiError: 400 for an ``X-Openstack-Image-Size`` that is not an integer (Glance's).
+    """
+    size = request.headers.get("x-openstack-image-size")
+    if size is not None:
+        try:
+            return int(size)
+        except ValueError:
+            raise bad_request("Invalid or missing image size in request headers.") from None
     length = request.headers.get("content-length")
     return int(length) if length and length.isdigit() else None
 
@@ -160,11 +199,16 @@ async def _receive(
         # The uploads' limiter: this thread waits on the client, and must not be one of the
         # default pool's, which serves every other request.
         await anyio.to_thread.run_sync(work, limiter=limiter)
+    except UnsafeImage as exc:
+        # Data that is not the image it claims to be: Glance's InvalidImageData, a 415.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(back_to_queued, ctx, image_id)
+        raise ApiError(UNACCEPTABLE_DATA, exc.message, code=exc.code) from exc
     except BaseException:
         # Whatever stopped the upload (a refusal, a disconnect, a stalled body), the image is
         # queued again; shielded, so that a cancelled request still puts it back.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_back_to_queued, ctx, image_id)
+            await anyio.to_thread.run_sync(back_to_queued, ctx, image_id)
         raise
 
 
@@ -180,81 +224,12 @@ def _disk_format(ctx: ApiContext, image_id: str) -> str | None:
         return repository.get_image(session, image_id).disk_format
 
 
-def _back_to_queued(ctx: ApiContext, image_id: str) -> None:
-    with ctx.services.db.session() as session:
-        image = session.get(Image, image_id)
-        if image is not None and image.status in RECEIVING:
-            repository.set_image_status(
-                session, image_id, expected=RECEIVING, new=ImageStatus.QUEUED
-            )
-
-
-def _submit_upload(ctx: ApiContext, image: Image, store: str | None) -> str:
-    """Record and queue the glance-direct import of a ``PUT /file`` upload; its task id."""
-    request = ImportRequest(
-        method="glance-direct",
-        source=image.id,
-        disk_format=image.disk_format or "raw",
-        container_format=image.container_format or "bare",
-        target_format=ctx.settings.target_format,
-        stores=(store,) if store else (),
-    )
-    try:
-        submitted = import_existing(
-            ctx.services,
-            image.id,
-            request,
-            expected=ImageStatus.SAVING,
-            status=ImageStatus.SAVING,
-        )
-    except PipelineError:
-        discard_upload(ctx.settings, ctx.services.staging, image.id)
-        _back_to_queued(ctx, image.id)
-        raise
-    ctx.enqueue(submitted.task_id)
-    return submitted.task_id
-
-
-async def _await_import(ctx: ApiContext, request: Request, task_id: str) -> None:
-    """Wait until ``PUT /file``'s import ends, holding no thread while it runs.
-
-    Each look is a short database read in a thread; the waits between are ``anyio.sleep``,
-    longer as the import goes on (a long import is not read five times a second). A client
-    that went away stops the waiting (the import goes on without it).
-
-    Raises:
-        ApiError: the import failed (its error code, and a status that matches it).
-    """
-    delay = TASK_POLL_SECONDS
-    while True:
-        status, code, message = await anyio.to_thread.run_sync(_task_state, ctx, task_id)
-        if status == TaskStatus.SUCCESS:
-            return
-        if status == TaskStatus.FAILURE:
-            raise ApiError(_failure_status(code), message, code=code or "internal_error")
-        if await request.is_disconnected():
-            return
-        await anyio.sleep(delay)
-        delay = min(delay * 1.5, TASK_POLL_MAX_SECONDS)
-
-
-def _task_state(ctx: ApiContext, task_id: str) -> tuple[TaskStatus, str | None, str]:
-    with ctx.services.db.session() as session:
-        task = repository.get_task(session, task_id)
-        return TaskStatus(task.status), task.error_code, task.message or ""
-
-
-def _failure_status(code: str | None) -> int:
-    if code == "upload_limit":
-        return 413
-    if code in ("source_unavailable", "store_unavailable", "no_space", "stalled"):
-        return 503
-    return 400
-
-
 @router.get("/{image_id}/file", response_class=StreamingResponse)
 def download_data(image_id: str, request: Request, ctx: Ctx, who: Caller) -> Response:
-    """Stream the image's data; one ``Range`` is honoured (206), a bad one is 416."""
+    """Stream the image's data; one ``Range`` or ``Content-Range`` is honoured (206).
+
+    A bad one is 416 (see imageport.api.ranges).
+    """
     with ctx.services.db.session() as session:
         image = access.permitted_image(session, image_id, who, ctx.policy, "download_image")
         if image.status == ImageStatus.DEACTIVATED and not who.is_admin:
@@ -275,12 +250,13 @@ def download_data(image_id: str, request: Request, ctx: Ctx, who: Caller) -> Res
             image.size,
             image.checksum,
         )
-    span = _range(request.headers.get("range"), size)
+    span = requested_span(request.headers.get("range"), request.headers.get("content-range"), size)
+    # Content-MD5 on whole and partial answers alike: Glance sends the image's checksum.
     headers = {"Content-Type": "application/octet-stream"}
+    if md5:
+        headers["Content-MD5"] = md5
     if span is None:
         headers["Content-Length"] = str(size)
-        if md5:
-            headers["Content-MD5"] = md5
         return StreamingResponse(_read(store.read(url)), headers=headers)
     start, end = span
     headers["Content-Length"] = str(end - start + 1)
@@ -297,32 +273,3 @@ def _read(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield from chunks
     except PipelineError as exc:  # headers are gone already: the client sees a short body
         raise RuntimeError(f"store read failed ({status_of(exc)}): {exc}") from exc
-
-
-def _range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The inclusive byte span one ``Range`` asks for; None for the whole image.
-
-    Raises:
-        ApiError: 416 for a multi-range, malformed or unsatisfiable range.
-    """
-    if header is None:
-        return None
-    match = _RANGE.match(header.strip())
-    unsatisfiable = ApiError(
-        416,
-        f"range {header!r} cannot be served for {size} bytes",
-        code="range_not_satisfiable",
-        headers={"Content-Range": f"bytes */{size}"},
-    )
-    if match is None:
-        raise unsatisfiable
-    first, last = match.groups()
-    if not first:  # a suffix: the last N bytes
-        if not last or int(last) == 0:
-            raise unsatisfiable
-        return max(0, size - int(last)), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
-        raise unsatisfiable
-    return start, end

@@ -1,4 +1,8 @@
-"""Version discovery, import and store discovery, schemas, and the health endpoints."""
+"""Import, store and usage discovery, the schemas, and the health endpoints.
+
+Version discovery (``/``, ``/versions``) is answered before any route, by
+:mod:`imageport.api.versions`.
+"""
 
 from __future__ import annotations
 
@@ -7,63 +11,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from imageport.access.usage import MIB
 from imageport.api import schemas
 from imageport.api.access import caller_target
 from imageport.api.auth import Caller
 from imageport.api.deps import Ctx
 from imageport.api.errors import ApiError
+from imageport.api.usage import project_usage
+from imageport.config import Settings
 from imageport.health import readiness
 
 router = APIRouter()
 
 #: Import methods this server offers (``GET /v2/info/import`` and the creation header).
 IMPORT_METHODS = ("glance-direct", "web-download", "copy-image", "glance-download")
-#: Image API versions reported, newest first; all are served by the same v2 routes.
-VERSIONS = (
-    "2.16",
-    "2.15",
-    "2.14",
-    "2.13",
-    "2.12",
-    "2.11",
-    "2.10",
-    "2.9",
-    "2.8",
-    "2.7",
-    "2.6",
-    "2.5",
-    "2.4",
-    "2.3",
-    "2.2",
-    "2.1",
-    "2.0",
-)
-
-
-def _versions(request: Request) -> dict[str, Any]:
-    base = str(request.base_url).rstrip("/")
-    return {
-        "versions": [
-            {
-                "id": f"v{version}",
-                "status": "CURRENT" if index == 0 else "SUPPORTED",
-                "links": [{"rel": "self", "href": f"{base}/v2/"}],
-            }
-            for index, version in enumerate(VERSIONS)
-        ]
-    }
-
-
-@router.get("/", tags=["discovery"], status_code=300)
-def root_versions(request: Request) -> JSONResponse:
-    """The versions document; 300 Multiple Choices, as Glance answers."""
-    return JSONResponse(_versions(request), status_code=300)
-
-
-@router.get("/versions", tags=["discovery"])
-def list_versions(request: Request) -> dict[str, Any]:
-    """The versions document."""
-    return _versions(request)
 
 
 @router.get("/healthz", tags=["health"])
@@ -95,38 +56,68 @@ def _stores(request: Request) -> list[tuple[str, Any]]:
     return list(request.app.state.api.services.stores.items())
 
 
+def _store_entry(request: Request, store_id: str, store: Any) -> dict[str, Any]:  # noqa: ANN401
+    """One store as Glance lists it.
+
+    ``description`` only when configured; ``default`` and ``read-only`` only when so, both as
+    the string ``"true"`` (Glance's field types).
+    """
+    settings: Settings = request.app.state.settings
+    configured = settings.resolved_stores.get(store_id)
+    entry: dict[str, Any] = {"id": store_id}
+    if configured is not None and configured.description:
+        entry["description"] = configured.description
+    if store_id == settings.default_store:
+        entry["default"] = "true"
+    if store.read_only:
+        entry["read-only"] = "true"
+    return entry
+
+
 @router.get("/v2/info/stores", tags=["discovery"])
 def stores_info(request: Request, _who: Caller) -> dict[str, Any]:
     """The stores images can be imported to."""
-    default = request.app.state.settings.default_store
-    body = []
-    for store_id, store in _stores(request):
-        entry: dict[str, Any] = {"id": store_id, "description": f"{store.kind} store"}
-        if store_id == default:
-            entry["default"] = True
-        if store.read_only:
-            entry["read-only"] = "true"
-        body.append(entry)
-    return {"stores": body}
+    return {"stores": [_store_entry(request, i, store) for i, store in _stores(request)]}
 
 
 @router.get("/v2/info/stores/detail", tags=["discovery"])
 def stores_detail(request: Request, ctx: Ctx, who: Caller) -> dict[str, Any]:
-    """The stores with their kind and properties (``stores_info_detail``: administrators)."""
+    """The stores with their type, properties and weight (``stores_info_detail``: admins)."""
     ctx.policy.enforce("stores_info_detail", caller_target(who), who)
-    default = request.app.state.settings.default_store
     return {
         "stores": [
             {
-                "id": store_id,
+                **_store_entry(request, store_id, store),
                 "type": store.kind,
-                "default": store_id == default,
-                "description": f"{store.kind} store",
-                "properties": {"read_only": store.read_only},
+                "properties": _store_properties(ctx.settings, store_id, store.kind),
+                "weight": 0,  # Glance's default: imageport does not order locations by weight
             }
             for store_id, store in _stores(request)
         ]
     }
+
+
+def _store_properties(settings: Settings, store_id: str, kind: str) -> dict[str, Any]:
+    """Glance's per-driver properties of a store, with imageport's values."""
+    configured = settings.resolved_stores[store_id]
+    if kind == "file":
+        return {
+            "data_dir": str(configured.path),
+            "chunk_size": settings.chunk_size,
+            "thin_provisioning": True,  # holes stay holes in a file store
+        }
+    return {
+        "s3_store_large_object_size": 0,  # every object goes up in parts
+        "s3_store_large_object_chunk_size": settings.s3_part_size // MIB,
+        "s3_store_thread_pools": settings.s3_max_concurrency,
+    }
+
+
+@router.get("/v2/info/usage", tags=["discovery"])
+def usage_info(ctx: Ctx, who: Caller) -> dict[str, Any]:
+    """The caller's project's usage of Glance's unified limits (limit -1: unlimited)."""
+    with ctx.services.db.session() as session:
+        return {"usage": project_usage(ctx.quotas, session, who.project_id)}
 
 
 @router.get("/v2/schemas/{name}", tags=["schemas"])

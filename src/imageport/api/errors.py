@@ -1,8 +1,11 @@
 """Errors in Glance's shape, plus imageport's stable error code.
 
-Every error response is ``{"code": "404 Not Found", "title": "Not Found", "message": "…",
-"error_code": "not_found"}``: the first three keys are what Glance (webob) writes and what
-openstacksdk and python-glanceclient read; ``error_code`` is ``PipelineError.code``.
+An error body comes in the media type Glance's webob would pick from ``Accept`` (see
+error_media_type): JSON ``{"code": "404 Not Found", "title": "Not Found", "message": "…",
+"error_code": "not_found"}`` — the first three keys are what Glance writes and what
+openstacksdk and python-glanceclient read; ``error_code`` is ``PipelineError.code`` — or
+webob's HTML or plain-text page with the same status line and message. Every error response
+also carries the code in ``X-Imageport-Error-Code``.
 
 Messages are written for the client: an imageport error carries its own, and an unexpected
 exception becomes a 500 ``internal_error`` with a generic message and a reference. The
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import uuid
 from http import HTTPStatus
 
@@ -127,54 +131,80 @@ def status_of(exc: PipelineError) -> int:
 
 def error_body(status: int, message: str, code: str) -> dict[str, str]:
     """An error in Glance's shape, plus imageport's ``error_code``."""
-    phrase = HTTPStatus(status).phrase
+    phrase = _title(status)
     return {"code": f"{status} {phrase}", "title": phrase, "message": message, "error_code": code}
 
 
-#: The media types of an error body, in the order webob (Glance's) prefers them on a tie.
-ERROR_MEDIA_TYPES = ("text/plain", "text/html", "application/json")
+#: The media types webob (Glance's error bodies) offers, in its order of preference on a tie.
+#: text/plain is not an offer: it is what a request gets when it accepts neither.
+ERROR_MEDIA_TYPES = ("text/html", "application/json")
 #: The error code of every error response, whatever its media type.
 ERROR_CODE_HEADER = "X-Imageport-Error-Code"
+#: The title webob writes where it differs from Python's reason phrase.
+_WEBOB_TITLES = {416: "Request Range Not Satisfiable"}
+
+# The grammar of an Accept header (RFC 7231 5.3.2), as webob 1.8 checks it: a header that
+# does not match is invalid, and webob then treats every offer as acceptable.
+_OWS = "[ \t]*"
+_TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_VALUE = f"(?:{_TCHARS}|{_QUOTED})"
+_WEIGHT = f"{_OWS};{_OWS}[qQ]=(0(?:\\.[0-9]{{0,3}})?|1(?:\\.0{{0,3}})?)"
+_RANGE = f"({_TCHARS}/{_TCHARS})((?:{_OWS};{_OWS}(?![qQ]=){_TCHARS}={_VALUE})*)"
+_ELEMENT = f"{_RANGE}(?:{_WEIGHT}(?:{_OWS};{_OWS}{_TCHARS}(?:={_VALUE})?)*)?"
+_ACCEPT_VALID = re.compile(f"^$|^(?:,|{_ELEMENT})(?:{_OWS},(?:{_OWS}{_ELEMENT})?)*$")
+_ACCEPT_ELEMENT = re.compile(_ELEMENT)
 
 
 def error_media_type(accept: str | None) -> str:
     """The media type of an error body, chosen from ``Accept`` as Glance's webob chooses it.
 
-    The offer whose most specific matching range has the highest ``q`` wins; ties go to
-    text/plain, then text/html, then JSON, so ``*/*`` (curl, python-glanceclient) gets text
-    and only a client that asks for ``application/json`` gets the JSON document.
-    python-glanceclient reads a JSON error body as a mapping of objects and fails on Glance's
-    flat shape: with text it shows the message.
+    webob offers ``text/html`` and ``application/json``. Each offer takes the ``q`` of its
+    most specific matching range (``type/subtype``, then ``type/*``, then ``*/*``; the first
+    of equally specific ranges); the highest ``q`` above 0 wins, a tie goes to HTML. When
+    neither offer is acceptable — no ``Accept`` header, an empty one, or one that excludes
+    both (``text/plain``, ``*/*;q=0``) — the body is text/plain. A header that breaks the
+    grammar accepts everything, so it gets HTML, as ``*/*`` does. python-glanceclient shows
+    a non-JSON error body as text, whichever of the two it is.
+
+    Args:
+        accept: the request's ``Accept`` header, or None when it has none.
+
+    Returns:
+        ``text/html``, ``application/json`` or ``text/plain``.
     """
-    ranges: list[tuple[str, float]] = []
-    for part in (accept or "*/*").split(","):
-        media, _, params = part.strip().partition(";")
-        quality = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if media:
-            ranges.append((media.strip().lower(), quality))
-    best, best_q = ERROR_MEDIA_TYPES[0], 0.0
+    value = accept or ""
+    if not _ACCEPT_VALID.match(value):
+        return ERROR_MEDIA_TYPES[0]
+    # (type/subtype, its media type parameters, q), lower-cased as webob compares them.
+    ranges = [
+        (media.lower(), params.strip().lower(), float(quality) if quality else 1.0)
+        for media, params, quality in _ACCEPT_ELEMENT.findall(value)
+    ]
+    best, best_q = "text/plain", 0.0
     for offer in ERROR_MEDIA_TYPES:
         quality = _quality(offer, ranges)
-        if quality > best_q:
+        if quality > best_q:  # strictly: an equal q keeps the earlier offer (HTML)
             best, best_q = offer, quality
     return best
 
 
-def _quality(offer: str, ranges: list[tuple[str, float]]) -> float:
-    """The q of ``offer`` under its most specific matching range (0 when none matches)."""
+def _quality(offer: str, ranges: list[tuple[str, str, float]]) -> float:
+    """The q of ``offer`` under its most specific matching range (0 when none matches).
+
+    A range with media type parameters (``text/html;level=1``) never matches an exact offer,
+    which has none; on a wildcard range webob ignores them.
+    """
     kind = offer.split("/", maxsplit=1)[0]
     for pattern in (offer, f"{kind}/*", "*/*"):
-        for media, quality in ranges:
-            if media == pattern:
+        for media, params, quality in ranges:
+            if media == pattern and not (pattern == offer and params):
                 return quality
     return 0.0
+
+
+def _title(status: int) -> str:
+    return _WEBOB_TITLES.get(status) or HTTPStatus(status).phrase
 
 
 def render_error(status: int, message: str, code: str, accept: str | None) -> tuple[bytes, str]:
@@ -182,7 +212,7 @@ def render_error(status: int, message: str, code: str, accept: str | None) -> tu
     media = error_media_type(accept)
     if media == "application/json":
         return json.dumps(error_body(status, message, code)).encode(), media
-    line = f"{status} {HTTPStatus(status).phrase}"
+    line = f"{status} {_title(status)}"
     if media == "text/html":
         text = (
             f"<html>\n <head>\n  <title>{line}</title>\n </head>\n <body>\n  <h1>{line}</h1>\n"

@@ -9,12 +9,14 @@ the routes before these checks' values are written.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 from imageport.access.quotas import per_image_message
 from imageport.api.auth import Identity
 from imageport.api.errors import ApiError, bad_request, forbidden
+from imageport.api.schemas import CUSTOM_PROPERTIES
 from imageport.config import CONTAINER_FORMATS, DISK_FORMATS
 from imageport.records import Visibility
 from imageport.records.reserved import RESERVED_PREFIX
@@ -30,6 +32,9 @@ READ_ONLY = frozenset(
         "stores", "deleted", "deleted_at",
     }
 )  # fmt: skip
+#: Read-only fields that creation accepts and drops, as Glance does (only PATCH refuses them
+#: with 403), with the longest value the image schema allows.
+IGNORED_AT_CREATION = {"os_hash_algo": 64, "os_hash_value": 128}
 #: Core fields a client may write (besides ``id`` at creation and extra properties).
 CORE = frozenset(
     {"name", "visibility", "protected", "os_hidden", "disk_format", "container_format",
@@ -57,6 +62,17 @@ def check_writable(name: str, who: Identity) -> None:
         raise forbidden(f"Attribute '{name}' is reserved.")
     if name == "owner" and not who.is_admin:
         raise forbidden("only an administrator may set an image's owner")
+
+
+def check_ignored(name: str, value: object) -> None:
+    """A field of IGNORED_AT_CREATION: null or a string the schema allows (400 otherwise)."""
+    longest = IGNORED_AT_CREATION[name]
+    if value is None or (isinstance(value, str) and len(value) <= longest):
+        return
+    raise bad_request(
+        f"Provided object does not match schema 'image': {name} must be null or a string of "
+        f"at most {longest} characters"
+    )
 
 
 def check_core(name: str, value: Any) -> Any:  # noqa: ANN401, C901
@@ -92,7 +108,28 @@ def check_property(name: str, value: object) -> str:
         raise bad_request(f"property names are 1 to {MAX_LENGTH} characters")
     if not isinstance(value, str) or len(value) > MAX_PROPERTY_VALUE:
         raise bad_request(f"property {name!r} must be a string (extra properties are strings)")
+    _check_schema_property(name, value)
     return value
+
+
+def _check_schema_property(name: str, value: str) -> None:
+    """A property the image schema defines (Glance's ``schema-image.json``) fits its rule.
+
+    Glance validates the image against its schema, so ``kernel_id`` must look like a UUID and
+    ``cinder_encryption_key_deletion_policy`` be one of its values (400 otherwise).
+    """
+    rule = CUSTOM_PROPERTIES.get(name)
+    if rule is None:
+        return
+    pattern, allowed = rule.get("pattern"), rule.get("enum")
+    if (pattern is not None and re.match(pattern, value) is None) or (
+        allowed is not None and value not in allowed
+    ):
+        wanted = f"one of {', '.join(allowed)}" if allowed is not None else "a UUID"
+        raise bad_request(
+            f"Provided object does not match schema 'image': {value!r} is not valid for "
+            f"{name!r}, which must be {wanted}"
+        )
 
 
 def check_tag(tag: object) -> str:

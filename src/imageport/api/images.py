@@ -44,14 +44,13 @@ _PATCH_BODY = {
 
 @router.post("", status_code=201, openapi_extra={"requestBody": _IMAGE_BODY})
 def create_image(
+    request: Request,
     ctx: Ctx,
     who: Caller,
-    body: JsonBody = None,
+    body: JsonBody,
 ) -> JSONResponse:
     """Create a queued image; a client-supplied ``id`` is kept (409 if already used)."""
-    core, tags, properties, image_id = _creation_fields(
-        body or {}, who, ctx.settings.max_image_tags
-    )
+    core, tags, properties, image_id = _creation_fields(body, who, ctx.settings.max_image_tags)
     # Glance's order: the fields' own checks above, then the policy, then the quotas.
     access.authorize_creation(ctx.policy, who, core["owner"], core.get("visibility"))
     try:
@@ -64,11 +63,12 @@ def create_image(
             image = repository.create_image(
                 session, image_id=image_id, tags=tags, properties=properties, **core
             )
-            view = image_view(image, who)
+            view = image_view(image, who, ctx.settings)
     except IntegrityError as exc:  # a concurrent request took the id between check and insert
         raise conflict(f"an image with id {image_id} already exists", code="duplicate_id") from exc
     headers = {
-        "Location": f"/v2/images/{view['id']}",
+        # Absolute, as Glance's webob makes a relative Location from the request's host.
+        "Location": f"{str(request.base_url).rstrip('/')}/v2/images/{view['id']}",
         "OpenStack-image-import-methods": ",".join(IMPORT_METHODS),
         "OpenStack-image-store-ids": ",".join(ctx.services.stores),
     }
@@ -86,6 +86,11 @@ def _creation_fields(
     for name, value in body.items():
         if name == "id":
             continue
+        if name in fields.IGNORED_AT_CREATION:
+            # Glance validates these against the schema and then drops them: the hashes are
+            # the server's to compute, so a value sent is never stored.
+            fields.check_ignored(name, value)
+            continue
         fields.check_writable(name, who)
         if name == "tags":
             tags = fields.check_tags(value, max_tags)
@@ -101,7 +106,7 @@ def show_image(image_id: str, ctx: Ctx, who: Caller) -> dict[str, Any]:
     """One image."""
     with ctx.services.db.session() as session:
         image = access.permitted_image(session, image_id, who, ctx.policy, "get_image")
-        return image_view(image, who)
+        return image_view(image, who, ctx.settings)
 
 
 @router.patch("/{image_id}", openapi_extra={"requestBody": _PATCH_BODY})
@@ -134,7 +139,7 @@ def _patch_image(
         rules = access.patch_rules(operations)
         image = access.changeable_image(session, image_id, who, ctx.policy, *rules)
         changes = patch.apply(image, operations, who, ctx.settings.max_image_tags)
-        return image_view(patch.save(session, image, changes, ctx.quotas), who)
+        return image_view(patch.save(session, image, changes, ctx.quotas), who, ctx.settings)
 
 
 @router.delete("/{image_id}", status_code=204)

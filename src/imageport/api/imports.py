@@ -1,11 +1,15 @@
 """``POST /v2/images/{id}/import``: start an import with one of the four methods.
 
-Status gates, as in Glance: glance-direct needs staged data (``uploading``), web-download and
-glance-download a ``queued`` image, copy-image an ``active`` one; a non-copy import also needs
-``disk_format`` and ``container_format``. Policy, as in Glance: copy-image is the
-``copy_image`` rule (administrators by default), the other methods ``modify_image`` and the
-image's owner; each also ``add_task``. The answer is 202 and the task runs on a worker (in
-this process in embedded mode).
+Status gates, as in Glance (409): glance-direct needs staged data (``uploading``),
+web-download and glance-download a ``queued`` image, copy-image an ``active`` one; a
+glance-direct or web-download import also needs ``container_format`` and ``disk_format``
+(glance-download takes them from the remote record when unset). Policy, as in Glance:
+copy-image is the ``copy_image`` rule (administrators by default), the other methods
+``modify_image`` and the image's owner; each also ``add_task``. Stores, the web-download URL
+and what the task records are checked and written as Glance does (see
+:mod:`imageport.api.import_rules`); a copy-image to ``all_stores`` of an image every store
+holds already is a 202 with no task, as in Glance. The answer is 202 and the task runs on a
+worker (in this process in embedded mode).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from imageport.api.auth import Caller, Identity
 from imageport.api.deps import ApiContext, Ctx, JsonBody
 from imageport.api.discovery import IMPORT_METHODS
 from imageport.api.errors import bad_request, conflict
+from imageport.api.import_rules import check_web_download_uri, chosen_stores, record_request
+from imageport.api.request_id import request_id_of
 from imageport.errors import InvalidRequest
 from imageport.pipeline import (
     ImportRequest,
@@ -27,7 +33,6 @@ from imageport.pipeline import (
     file_url,
     has_upload,
     import_existing,
-    parse_url,
     remote_auth,
     remote_image,
     resolve_endpoint,
@@ -79,21 +84,33 @@ def import_image(
     request: Request,
     ctx: Ctx,
     who: Caller,
-    body: JsonBody = None,
+    body: JsonBody,
 ) -> Response:
     """Start importing the image's data; 202 once the task is queued."""
-    body = body or {}
     method = body.get("method")
-    name = method.get("name") if isinstance(method, dict) else None
-    if not isinstance(name, str) or name not in STARTS_FROM or not isinstance(method, dict):
-        raise bad_request(f"method.name must be one of {', '.join(IMPORT_METHODS)}")
-    stores, all_stores = _stores(ctx, body, request.headers.get("X-Image-Meta-Store"))
+    if not isinstance(method, dict):
+        raise bad_request("Import request requires a 'method' field.")
+    name = method.get("name")
+    if name is None:
+        raise bad_request("Import request requires a 'name' field.")
+    if not isinstance(name, str) or name not in STARTS_FROM:
+        raise bad_request(
+            f"Unknown import method name '{name}'; methods: {', '.join(IMPORT_METHODS)}"
+        )
     must_succeed = body.get("all_stores_must_succeed", True)
     if not isinstance(must_succeed, bool):
-        raise bad_request("all_stores_must_succeed must be true or false")
+        raise bad_request("'all_stores_must_succeed' must be boolean value only")
+    header = request.headers.get("X-Image-Meta-Store")
     with ctx.services.db.session() as session:
         image = access.importable_image(session, image_id, who, ctx.policy, name)
         _gate(session, image, name)
+        stores, all_stores = chosen_stores(ctx, body, header)
+        if name == "copy-image" and all_stores:
+            held = {location.store_id for location in image.locations}
+            stores = tuple(s for s in stores if s not in held)
+            if not stores:
+                # Glance: the image is in every store already; nothing to do, and no task.
+                return Response(status_code=202)
         # 413 before anything is queued: the image's locations and the project's limits.
         ctx.quotas.check_import(session, who.project_id, image, name, stores)
     if name == "copy-image":
@@ -116,29 +133,10 @@ def import_image(
             expected=STARTS_FROM[name],
             forwarded_token=forwarded,
         )
+    # Before the task is queued, so a worker never sees it without what Glance records.
+    record_request(ctx, submitted.task_id, who, body, stores, request_id_of(request))
     ctx.enqueue(submitted.task_id)
     return Response(status_code=202)
-
-
-def _stores(
-    ctx: ApiContext, body: dict[str, Any], header: str | None
-) -> tuple[tuple[str, ...], bool]:
-    stores, all_stores = body.get("stores"), body.get("all_stores", False)
-    if stores is not None and (
-        not isinstance(stores, list) or not all(isinstance(s, str) for s in stores)
-    ):
-        raise bad_request("stores must be a list of store ids")
-    if not isinstance(all_stores, bool):
-        raise bad_request("all_stores must be true or false")
-    if all_stores and stores:
-        raise bad_request("all_stores and stores are mutually exclusive")
-    chosen = tuple(stores or ([header] if header else []))
-    if all_stores:
-        chosen = tuple(s for s, store in ctx.services.stores.items() if not store.read_only)
-    unknown = [s for s in chosen if s not in ctx.services.stores]
-    if unknown:
-        raise bad_request(f"unknown store {', '.join(unknown)}", code="unknown_store")
-    return chosen, all_stores
 
 
 def _gate(session: Any, image: Image, name: str) -> None:  # noqa: ANN401
@@ -159,15 +157,19 @@ def _gate(session: Any, image: Image, name: str) -> None:  # noqa: ANN401
             + (f": {hint}" if hint else ""),
             code="image_status",
         )
+    # glance-download takes missing formats from the remote record (Glance requires them).
     if name not in ("copy-image", "glance-download"):
         _need_formats(image)
 
 
 def _need_formats(image: Image) -> None:
-    if not (image.disk_format and image.container_format):
-        raise bad_request(
-            f"set disk_format and container_format of image {image.id} before importing data"
-        )
+    """Glance's 409 for an import into an image without its formats."""
+    for field in ("container_format", "disk_format"):
+        if not getattr(image, field):
+            raise conflict(
+                f"'{field}' needs to be set before import (image {image.id})",
+                code="formats_missing",
+            )
 
 
 def _request(
@@ -185,7 +187,8 @@ def _request(
         uri = method.get("uri")
         if not isinstance(uri, str) or not uri:
             raise bad_request("web-download needs method.uri")
-        parse_url(uri)  # syntax now (400); the worker vets the address before connecting
+        # As Glance filters it before the task exists (400); the worker vets it again.
+        check_web_download_uri(ctx, uri)
         fields["source"] = uri
     elif name == "glance-download":
         fields.update(_remote(ctx, image, method, who))

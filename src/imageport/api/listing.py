@@ -1,54 +1,52 @@
-"""``GET /v2/images``: Glance's filters, sorting and marker paging, all done in SQL.
+"""``GET /v2/images``: Glance 33's filters, sorting and marker paging, all done in SQL.
 
-The ``get_images`` policy rule is checked first (403), then visibility (see access.py) scopes
-the query. Filters: ``name``, ``status``, ``disk_format``, ``container_format`` (each also as
-``in:a,b``), ``visibility`` (``public|private|shared|community|all``), ``member_status`` (for
-shared images, default ``accepted``), ``owner``, ``tag`` (repeatable, all must match),
-``protected``, ``os_hidden`` (hidden images are left out unless asked for), ``size_min``/
-``size_max``, ``created_at``/``updated_at`` as ``OP:ISO-8601`` (``gt gte eq neq lt lte``), and
-any other parameter as an extra-property equality filter. Sorting is ``sort=k1:dir,k2`` or
-``sort_key``/``sort_dir`` (default ``created_at`` descending; ``id`` always breaks ties).
-Paging is keyset paging from the ``marker`` image, so pages stay consistent while images are
-added.
+The ``get_images`` policy rule is checked first (403), then visibility scopes the query as
+Glance's database layer does: an administrator sees every image; anyone else their project's
+images, ``public`` and ``community`` ones and the ``shared`` ones they are a member of (with
+``member_status``, default ``accepted``). Without a ``visibility`` filter, ``community`` images
+are listed only when the caller's project owns them (for administrators too); ``visibility=
+all`` lists them all. ``killed`` and deleted images are never listed. The filters are in
+:mod:`imageport.api.filters`. Sorting is ``sort=k1:dir,k2`` or ``sort_key``/``sort_dir`` over
+Glance's keys (default ``created_at`` descending); ``created_at`` and then ``id`` break ties in
+the one direction given (else descending), as in Glance. Paging is keyset paging from the
+``marker`` image, so pages stay consistent while images are added; as in Glance, a full page
+has a ``next`` link.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
+from sqlalchemy.orm import Session
 
 from imageport.api import access
 from imageport.api.auth import Caller, Identity
 from imageport.api.deps import Ctx, image_view
-from imageport.api.errors import bad_request
-from imageport.records import Image, ImageMember, ImageProperty, ImageStatus, ImageTag
+from imageport.api.errors import bad_request, forbidden
+from imageport.api.filters import apply_filters
+from imageport.records import Image, ImageMember, ImageStatus, ImageTag
 from imageport.records.paging import rows_after
 
 router = APIRouter(tags=["images"])
 
 DEFAULT_LIMIT = 25  # images per page when no limit is given (Glance's limit_param_default)
 MAX_LIMIT = 1000  # largest page (Glance's api_limit_max)
+#: Glance's sort keys (``_available_sort_keys``).
 SORT_KEYS = (
-    "name", "status", "container_format", "disk_format", "size", "virtual_size", "id",
-    "created_at", "updated_at", "visibility", "owner", "min_disk", "min_ram", "protected",
-    "os_hidden",
+    "name", "status", "container_format", "disk_format", "size", "id", "created_at",
+    "updated_at",
 )  # fmt: skip
 #: Nullable sort columns compare through this stand-in for NULL (sorts first ascending).
 NULL_AS: dict[str, Any] = {
-    "name": "", "owner": "", "disk_format": "", "container_format": "", "size": -1,
-    "virtual_size": -1,
+    "name": "", "disk_format": "", "container_format": "", "size": -1,
 }  # fmt: skip
-KNOWN = frozenset(
-    {"limit", "marker", "name", "status", "visibility", "owner", "member_status", "tag",
-     "protected", "os_hidden", "size_min", "size_max", "disk_format", "container_format",
-     "created_at", "updated_at", "sort", "sort_key", "sort_dir", "id"}
-)  # fmt: skip
-COMPARISONS = ("gt", "gte", "eq", "neq", "lt", "lte")
-MEMBER_STATUSES = ("accepted", "pending", "rejected", "all")
+VISIBILITIES = ("community", "public", "private", "shared", "all")
+MEMBER_STATUSES = ("pending", "accepted", "rejected", "all")
+#: Images no list shows (Glance leaves out killed and deleted ones).
+UNLISTED = (ImageStatus.KILLED, ImageStatus.DELETED)
 Opt = Annotated[str | None, Query()]
 
 
@@ -57,73 +55,67 @@ def list_images(
     request: Request,
     ctx: Ctx,
     who: Caller,
-    limit: Annotated[int | None, Query(ge=0)] = None,
+    limit: Opt = None,
     marker: Opt = None,
-    name: Opt = None,
-    status: Opt = None,
     visibility: Opt = None,
-    owner: Opt = None,
     member_status: Opt = None,
-    tag: Annotated[list[str] | None, Query()] = None,
-    protected: Opt = None,
-    os_hidden: Opt = None,
-    size_min: Annotated[int | None, Query()] = None,
-    size_max: Annotated[int | None, Query()] = None,
-    disk_format: Opt = None,
-    container_format: Opt = None,
-    created_at: Opt = None,
-    updated_at: Opt = None,
     sort: Opt = None,
     sort_key: Annotated[list[str] | None, Query()] = None,
     sort_dir: Annotated[list[str] | None, Query()] = None,
 ) -> dict[str, Any]:
-    """List the images the caller may see, filtered, sorted and paged as in Glance."""
-    ctx.policy.enforce("get_images", access.caller_target(who), who)
-    query = _scoped(who, visibility, member_status)
-    for column, value in (
-        (Image.name, name), (Image.status, status), (Image.disk_format, disk_format),
-        (Image.container_format, container_format), (Image.owner, owner),
-    ):  # fmt: skip
-        query = _equal_or_in(query, column, value, status=column is Image.status)
-    query = query.where(Image.os_hidden == (_boolean("os_hidden", os_hidden) or False))
-    if protected is not None:
-        query = query.where(Image.protected == _boolean("protected", protected))
-    if size_min is not None:
-        query = query.where(Image.size >= size_min)
-    if size_max is not None:
-        query = query.where(Image.size <= size_max)
-    for value in tag or ():
-        query = query.where(Image.id.in_(select(ImageTag.image_id).where(ImageTag.value == value)))
-    query = _time_filter(
-        _time_filter(query, Image.created_at, created_at), Image.updated_at, updated_at
-    )
-    query = _property_filters(query, request)
-    keys = _sort_keys(sort, sort_key or [], sort_dir or [])
+    """List the images the caller may see, filtered, sorted and paged as in Glance.
+
+    Any other parameter is a filter (see :mod:`imageport.api.filters`); ``tag`` may repeat
+    (all must match).
+    """
+    params = request.query_params.multi_items()
+    member_status = member_status or "accepted"
+    if member_status not in MEMBER_STATUSES:
+        raise bad_request(f"Invalid status: {member_status}")
+    if visibility and visibility not in VISIBILITIES:
+        raise bad_request(f"Invalid visibility value: {visibility}")
+    if any(key == "changes-since" for key, _ in params):
+        raise bad_request('The "changes-since" filter is no longer available on v2.')
     size = page_size(limit)
+    keys = _sort_keys(sort, sort_key or [], sort_dir or [])
+    ctx.policy.enforce("get_images", access.caller_target(who), who)
+    query = apply_filters(_scoped(who, visibility or None, member_status), params)
+    for key, value in params:
+        if key == "tag":
+            tagged = select(ImageTag.image_id).where(ImageTag.value == value.strip())
+            query = query.where(Image.id.in_(tagged))
     with ctx.services.db.session() as session:
         if marker is not None:
             query = query.where(_after(_marker(session, marker, who), keys))
         ordered = query.order_by(
             *[_sort_expr(k).asc() if asc else _sort_expr(k).desc() for k, asc in keys]
         )
-        images = list(session.scalars(ordered.limit(size + 1)))
-        views = [image_view(image, who) for image in images[:size]]
-    links = page_links(request, "/v2/images", views, more=len(images) > size)
+        images = list(session.scalars(ordered.limit(size)))
+        views = [image_view(image, who, ctx.settings) for image in images]
+    links = page_links(request, "/v2/images", views, more=len(views) == size)
     return {"images": views, "schema": "/v2/schemas/images", **links}
 
 
-def page_size(limit: int | None) -> int:
-    """Rows per page for a ``limit`` parameter (Glance's default and maximum)."""
-    return min(DEFAULT_LIMIT if limit is None else limit, MAX_LIMIT)
+def page_size(limit: str | int | None) -> int:
+    """Rows per page for a ``limit`` parameter (Glance's default, maximum and messages)."""
+    if limit is None:
+        return DEFAULT_LIMIT
+    try:
+        number = int(limit)
+    except ValueError:
+        raise bad_request("limit param must be an integer") from None
+    if number < 0:
+        raise bad_request("limit param must be positive")
+    return min(number, MAX_LIMIT)
 
 
 def page_links(
     request: Request, path: str, page: list[dict[str, Any]], *, more: bool
 ) -> dict[str, str]:
-    """Glance's ``first`` link and, when ``more`` rows follow ``page``, its ``next`` link.
+    """Glance's ``first`` link and, when ``more`` rows may follow ``page``, its ``next`` link.
 
-    Both keep the request's parameters; ``next`` puts the page's last id in ``marker``. Callers
-    fetch one row more than a page to know ``more``.
+    Both keep the request's parameters; ``next`` puts the page's last id in ``marker``. As in
+    Glance, ``more`` is a full page: the page after a full last page is empty.
     """
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "marker"]
     links = {"first": path + (f"?{urlencode(params)}" if params else "")}
@@ -132,121 +124,54 @@ def page_links(
     return links
 
 
-def _scoped(who: Identity, visibility: str | None, member_status: str | None) -> Select[Image]:
-    query = select(Image).where(Image.status != ImageStatus.DELETED)
-    if visibility not in (None, "all", "public", "private", "shared", "community"):
-        raise bad_request("visibility must be public, private, shared, community or all")
-    if member_status not in (None, *MEMBER_STATUSES):
-        raise bad_request(f"member_status must be one of {', '.join(MEMBER_STATUSES)}")
+def _scoped(who: Identity, visibility: str | None, member_status: str) -> Select[Image]:
+    """The images ``who`` may list, before filters (Glance's _select_images_query)."""
+    query = select(Image).where(Image.status.not_in(UNLISTED))
     if visibility not in (None, "all"):
         query = query.where(Image.visibility == visibility)
+    elif visibility is None:
+        # Glance: without a visibility filter, community images only of the caller's project.
+        own = Image.owner == who.project_id if who.project_id else false()
+        query = query.where(or_(Image.visibility != "community", own))
     if who.is_admin:
         return query
     mine = Image.owner == who.project_id if who.project_id else false()
-    wanted = member_status or "accepted"
     members = select(ImageMember.image_id).where(ImageMember.member_id == who.project_id)
-    if wanted != "all":
-        members = members.where(ImageMember.status == wanted)
+    if member_status != "all":
+        members = members.where(ImageMember.status == member_status)
     shared = and_(Image.visibility == "shared", Image.id.in_(members))
-    seen: list[ColumnElement[bool]] = [mine, Image.visibility == "public", shared]
-    if visibility in ("community", "all"):
-        seen.append(Image.visibility == "community")
+    seen = [mine, Image.visibility == "public", Image.visibility == "community", shared]
     return query.where(or_(*seen))
 
 
-def _equal_or_in(
-    query: Select[Image],
-    column: Any,  # noqa: ANN401 - any Image column
-    value: str | None,
-    *,
-    status: bool,
-) -> Select[Image]:
-    if value is None:
-        return query
-    values = value[3:].split(",") if value.startswith("in:") else [value]
-    if status and any(v not in [str(s) for s in ImageStatus] for v in values):
-        raise bad_request(f"status must be one of {', '.join(ImageStatus)}")
-    return query.where(column.in_(values))
-
-
-#: Spellings of os_hidden Glance accepts (oslo's bool_from_string, strict); openstacksdk
-#: sends "True". ``protected`` takes only "true" / "false", as the reference says.
-TRUE_WORDS = ("1", "t", "true", "on", "y", "yes")
-FALSE_WORDS = ("0", "f", "false", "off", "n", "no")
-
-
-def _boolean(name: str, value: str | None) -> bool | None:
-    if value is None:
-        return None
-    if name == "os_hidden" and value.lower() in TRUE_WORDS + FALSE_WORDS:
-        return value.lower() in TRUE_WORDS
-    if value not in ("true", "false"):
-        raise bad_request(f"{name} must be 'true' or 'false' (lowercase)")
-    return value == "true"
-
-
-def _time_filter(
-    query: Select[Image],
-    column: Any,  # noqa: ANN401 - created_at or updated_at
-    value: str | None,
-) -> Select[Image]:
-    if value is None:
-        return query
-    op, _, stamp = (
-        value.partition(":") if value.split(":", 1)[0] in COMPARISONS else ("eq", "", value)
-    )
-    try:
-        when = datetime.fromisoformat(stamp)  # "Z" is accepted since Python 3.11
-    except ValueError as exc:
-        raise bad_request(f"{value!r} is not OP:ISO-8601 (e.g. gte:2015-08-27T09:49:58Z)") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # no zone given: UTC, as the reference says
-    compare = {
-        "gt": column > when, "gte": column >= when, "eq": column == when,
-        "neq": column != when, "lt": column < when, "lte": column <= when,
-    }  # fmt: skip
-    return query.where(compare[op])
-
-
-def _property_filters(query: Select[Image], request: Request) -> Select[Image]:
-    # As in Glance, any other parameter filters on an extra property's value.
-    for key, value in request.query_params.multi_items():
-        if key not in KNOWN:
-            props = select(ImageProperty.image_id).where(
-                ImageProperty.name == key, ImageProperty.value == value
-            )
-            query = query.where(Image.id.in_(props))
-    return query
-
-
 def _sort_keys(sort: str | None, keys: list[str], dirs: list[str]) -> list[tuple[str, bool]]:
-    """The sort as ``(key, ascending)`` pairs, ``id`` last."""
+    """The sort as ``(key, ascending)`` pairs, with Glance's tie-breaks last.
+
+    ``created_at`` and ``id`` break ties in the direction of the one direction given (one
+    ``sort_dir``, or a ``sort`` of one key), else descending, as Glance's database layer does.
+    """
     if sort is not None and (keys or dirs):
-        raise bad_request("use either sort or sort_key/sort_dir, not both")
-    pairs: list[tuple[str, str]] = []
+        raise bad_request("Old and new sorting syntax cannot be combined")
     if sort is not None:
-        for part in sort.split(","):
-            key, _, direction = part.strip().partition(":")
-            pairs.append((key, direction or "desc"))
+        parts = [part.partition(":") for part in sort.strip().split(",")]
+        pairs = [(key.strip(), direction.strip() or "desc") for key, _, direction in parts]
+        given = [direction for _, direction in pairs]
     else:
-        keys = keys or ["created_at"]
-        if len(dirs) > 1 and len(dirs) != len(keys):
-            raise bad_request("give one sort_dir, or one per sort_key")
-        pairs = list(
-            zip(
-                keys,
-                dirs * len(keys) if len(dirs) == 1 else dirs or ["desc"] * len(keys),
-                strict=True,
-            )
-        )
+        given = [d.strip() for d in dirs] or ["desc"]
+        if len(given) > 1 and len(given) != len(keys):
+            raise bad_request("Number of sort dirs does not match the number of sort keys")
+        names = [k.strip() for k in keys] or ["created_at"]
+        pairs = list(zip(names, given if len(given) > 1 else given * len(names), strict=True))
     for key, direction in pairs:
         if key not in SORT_KEYS:
-            raise bad_request(f"cannot sort by {key!r}; sort keys: {', '.join(SORT_KEYS)}")
+            raise bad_request(
+                f"Invalid sort key: {key}. It must be one of the following: {', '.join(SORT_KEYS)}."
+            )
         if direction not in ("asc", "desc"):
-            raise bad_request(f"sort direction {direction!r} is neither asc nor desc")
+            raise bad_request(f"Invalid sort direction: {direction}")
     result = [(key, direction == "asc") for key, direction in pairs]
-    if "id" not in {key for key, _ in result}:
-        result.append(("id", result[-1][1] if result else False))
+    tie = given[0] == "asc" if len(given) == 1 else False
+    result += [(key, tie) for key in ("created_at", "id") if key not in dict(result)]
     return result
 
 
@@ -255,12 +180,20 @@ def _sort_expr(key: str) -> Any:  # noqa: ANN401 - a column or a COALESCE over i
     return func.coalesce(column, NULL_AS[key]) if key in NULL_AS else column
 
 
-def _marker(session: Any, marker: str, who: Identity) -> Image:  # noqa: ANN401
+def _marker(session: Session, marker: str, who: Identity) -> Image:
+    """The marker image, as Glance finds it.
+
+    Raises:
+        ApiError: 400 when no image has that id (or it is deleted, for anyone but an
+            administrator); 403 when it exists but the caller may not see it (Glance answers
+            Forbidden there).
+    """
     image = session.get(Image, marker)
-    if image is None or not access.can_see(session, image, who):
-        raise bad_request(f"marker {marker} is not an image you can see")
-    found: Image = image
-    return found
+    if image is None or (image.status == ImageStatus.DELETED and not who.is_admin):
+        raise bad_request(f"No image found with ID {marker}")
+    if not who.is_admin and not access.can_see(session, image, who):
+        raise forbidden(f"Forbidding request, image {marker} not visible")
+    return image
 
 
 def _after(marker: Image, keys: list[tuple[str, bool]]) -> ColumnElement[bool]:

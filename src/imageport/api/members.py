@@ -100,10 +100,10 @@ def add_member(
     image_id: str,
     ctx: Ctx,
     who: Caller,
-    body: JsonBody = None,
+    body: JsonBody,
 ) -> dict[str, Any]:
     """Share the image with a project (status ``pending``); 409 if already a member."""
-    member_id = (body or {}).get("member")
+    member_id = body.get("member")
     if not isinstance(member_id, str) or not member_id or len(member_id) > fields.MAX_LENGTH:
         raise bad_request("member must be a project id of 1 to 255 characters")
     with ctx.services.db.session() as session:
@@ -133,10 +133,10 @@ def update_member(
     member_id: str,
     ctx: Ctx,
     who: Caller,
-    body: JsonBody = None,
+    body: JsonBody,
 ) -> dict[str, Any]:
     """Accept, reject or reset the share: only the member itself (or an administrator)."""
-    status = (body or {}).get("status")
+    status = body.get("status")
     if status not in [str(s) for s in MemberStatus]:
         raise bad_request(f"status must be one of {', '.join(MemberStatus)}")
     with ctx.services.db.session() as session:

@@ -18,6 +18,7 @@ from imageport.cli.api_cmd import api_command
 from imageport.cli.common import EXIT_FAILED, errors_to_exit, print_json, services, settings
 from imageport.cli.copy_cmd import copy_command
 from imageport.cli.imports import import_command
+from imageport.cli.queue_cmd import queue_command
 from imageport.cli.show import images_app, tasks_app
 from imageport.cli.stores_cmd import stores_app
 from imageport.pipeline import Services, check_file
@@ -39,6 +40,7 @@ app.command("watch")(watch_command)
 app.command("cancel")(cancel_command)
 app.command("retry")(retry_command)
 app.command("reap")(reap_command)
+app.command("queue")(queue_command)
 app.command("api")(api_command)
 
 

@@ -44,8 +44,8 @@ from imageport.pipeline.methods.submit import Submitted, import_existing, submit
 from imageport.pipeline.methods.uploads import UPLOADS, discard_upload, has_upload, receive_upload
 from imageport.pipeline.observer import JobObserver, NullObserver
 from imageport.pipeline.request import ImportRequest
-from imageport.pipeline.runner import context_of, run_import
-from imageport.pipeline.safety.urlpolicy import parse_url
+from imageport.pipeline.runner import context_of, default_owner, run_import
+from imageport.pipeline.safety.urlpolicy import UrlPolicy, parse_url, system_resolver, vet
 from imageport.pipeline.stages import stage_names
 
 __all__ = [
@@ -57,11 +57,13 @@ __all__ = [
     "RemoteAuth",
     "Services",
     "Submitted",
+    "UrlPolicy",
     "check_file",
     "check_remote_id",
     "check_visible",
     "coalesce",
     "context_of",
+    "default_owner",
     "delete_image",
     "discard_upload",
     "fail_import",
@@ -77,5 +79,7 @@ __all__ = [
     "stage_names",
     "submit_copy",
     "submit_import",
+    "system_resolver",
     "upload_names",
+    "vet",
 ]

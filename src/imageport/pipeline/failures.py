@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy.orm import Session
 
 from imageport.errors import (
     Cancelled,
     JobInterrupted,
+    NoSpace,
     PipelineError,
     ShutDown,
     Stalled,
@@ -24,9 +26,11 @@ from imageport.errors import (
 )
 from imageport.pipeline.completion import remove_work_dirs
 from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.data.space import SpaceWait
 from imageport.pipeline.outputs import StoredCopies
 from imageport.records import ImageStatus, TaskStatus, repository
-from imageport.records.reserved import FAILED_IMPORT, IMPORTING_TO_STORES
+from imageport.records.base import utcnow
+from imageport.records.reserved import FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO_STORES
 from imageport.records.states import IN_FLIGHT
 
 log = structlog.get_logger(__name__)
@@ -47,6 +51,10 @@ class Outcome:
 
 def handle_failure(ctx: JobContext, services: Services, stage: str, exc: PipelineError) -> Outcome:
     """Schedule a retry of a transient failure while attempts remain; otherwise fail."""
+    if isinstance(exc, SpaceWait) and not services.settings.is_embedded:
+        # Another worker may have room: hand the job back. (Embedded, this process is the
+        # only worker: no space is an ordinary transient failure, retried with backoff.)
+        return wait_for_space(ctx, services, stage, exc)
     with services.db.session() as session:
         attempts = repository.get_task(session, ctx.task_id).attempts
     if isinstance(exc, TransientError) and attempts < services.settings.max_attempts:
@@ -120,6 +128,18 @@ def _backoff(attempt: int) -> float:
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
+def drop_import_task(session: Session, image_id: str, task_id: str) -> None:
+    """Remove ``os_glance_import_task`` from the image if it names ``task_id``.
+
+    As Glance drops its import lock when a task ends, whatever the outcome; a newer import's
+    id is left alone. The store lists (``os_glance_importing_to_stores``,
+    ``os_glance_failed_import``) stay, as Glance keeps them.
+    """
+    image = repository.get_image(session, image_id)
+    if any(p.name == IMPORT_TASK and p.value == task_id for p in image.properties):
+        repository.delete_property(session, image_id, IMPORT_TASK)
+
+
 def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineError) -> None:
     """Remove every byte the import wrote, put the image back to queued, fail the task."""
     remove_work_dirs(ctx, services)
@@ -152,6 +172,7 @@ def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineEr
         still = [s for s in importing if s not in stores]
         repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, ",".join(still))
         repository.set_property(session, ctx.image_id, FAILED_IMPORT, ",".join(failed))
+        drop_import_task(session, ctx.image_id, ctx.task_id)
         repository.set_task_status(
             session,
             ctx.task_id,
@@ -162,3 +183,46 @@ def fail_import(ctx: JobContext, services: Services, stage: str, exc: PipelineEr
             expires_at=ctx.expires_at(),
         )
     log.info("import finished", outcome="failure", stage=stage, error_code=exc.code, error=str(exc))
+
+
+def wait_for_space(ctx: JobContext, services: Services, stage: str, exc: SpaceWait) -> Outcome:
+    """Hand a job that does not fit here back to the queue, or fail it once it waited enough.
+
+    Handing back costs no attempt: the job is pending again, marked ``waiting_for_space``
+    (``tasks show``), and offered to a worker after ``space_retry_seconds``. The wait is
+    counted from the job's first hand-back (its first stage run recorded with that code);
+    after ``space_wait_seconds`` the job fails with ``no_space``.
+    """
+    settings = services.settings
+    with services.db.session() as session:
+        waits = [
+            r.started_at
+            for r in repository.stage_runs(session, ctx.task_id)
+            if r.error_code == SpaceWait.code and r.started_at is not None
+        ]
+    first = min(waits, default=None)
+    waited = 0.0 if first is None else (utcnow() - first).total_seconds()
+    if waited >= settings.space_wait_seconds:
+        fail_import(
+            ctx,
+            services,
+            stage,
+            NoSpace(f"no worker had room for {waited:.0f}s: {exc}"),
+        )
+        return Outcome(TaskStatus.FAILURE)
+    services.observer.space_wait(stage)
+    retry = settings.space_retry_seconds
+    with services.db.session() as session:
+        ctx.fence(session)
+        repository.set_task_status(
+            session,
+            ctx.task_id,
+            expected=TaskStatus.PROCESSING,
+            new=TaskStatus.PENDING,
+            message=f"waiting for space: {exc}; handed back, offered to a worker again in "
+            f"{retry:.0f}s; fails with no_space after {settings.space_wait_seconds:.0f}s",
+            error_code=SpaceWait.code,
+        )
+        repository.get_task(session, ctx.task_id).attempts -= 1  # a hand-back is no attempt
+    log.info("job handed back: no space", stage=stage, needed=exc.needed, where=str(exc.where))
+    return Outcome(TaskStatus.PENDING, retry_in=retry)

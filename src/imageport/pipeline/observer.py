@@ -33,6 +33,9 @@ class JobObserver(Protocol):
     def retry_scheduled(self) -> None:
         """A transient failure will be tried again."""
 
+    def space_wait(self, stage: str) -> None:
+        """A job was handed back before ``stage``: no room for what it would write."""
+
     def lease_taken_over(self) -> None:
         """A job was taken over from a worker whose lease expired."""
 

@@ -25,4 +25,11 @@ def rows_after(keys: Sequence[SortKey]) -> ColumnElement[bool]:
     for index, (expr, value, ascending) in enumerate(keys):
         equal = [earlier == earlier_value for earlier, earlier_value, _ in keys[:index]]
         clauses.append(and_(*equal, expr > value if ascending else expr < value))
-    return or_(*clauses)
+    if not keys:
+        return or_(*clauses)
+    # The same rows, plus a bound on the first key alone: databases do not derive it from the
+    # OR, and without it an index on the sort keys is read from its start, past every row of
+    # the earlier pages, instead of from the marker (a deep page would cost its depth).
+    first, first_value, ascending = keys[0]
+    bound = first >= first_value if ascending else first <= first_value
+    return and_(bound, or_(*clauses))

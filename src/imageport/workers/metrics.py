@@ -26,6 +26,11 @@ IN_FLIGHT = Gauge(
 TAKEOVERS = Counter(
     "imageport_lease_takeovers_total", "Jobs taken over from a worker whose lease expired"
 )
+SPACE_WAITS = Counter(
+    "imageport_space_waits_total",
+    "Jobs handed back because the step would not fit in staging or scratch",
+    ["stage"],
+)
 REAPED = Counter("imageport_reaped_total", "Jobs the reaper requeued or failed", ["action"])
 
 
@@ -53,6 +58,10 @@ class PrometheusObserver:
     def retry_scheduled(self) -> None:
         """Count a scheduled retry."""
         RETRIES.inc()
+
+    def space_wait(self, stage: str) -> None:
+        """Count a job handed back for lack of space."""
+        SPACE_WAITS.labels(stage=stage).inc()
 
     def lease_taken_over(self) -> None:
         """Count a lease takeover."""

@@ -20,6 +20,7 @@ from imageport.logging import configure_logging
 from imageport.pipeline import Services
 from imageport.workers.actors import IMPORT_QUEUE, declare_actors
 from imageport.workers.broker import build_broker
+from imageport.workers.parent import watch_parent
 from imageport.workers.reaper import reap_forever
 
 log = structlog.get_logger(__name__)
@@ -29,8 +30,14 @@ WORKER_TIMEOUT_MS = 30
 EXTRA_STOP_SECONDS = 5.0  # beyond the grace period, for jobs to record their checkpoint
 
 
-def run_worker_process(threads: int, queues: Sequence[str]) -> int:
-    """Run until SIGTERM/SIGINT, then stop taking jobs, checkpoint within the grace, exit 0."""
+def run_worker_process(
+    threads: int, queues: Sequence[str], *, supervisor_pid: int | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT, then stop taking jobs, checkpoint within the grace, exit 0.
+
+    With ``supervisor_pid``, the death of that process counts as a SIGTERM
+    (:mod:`imageport.workers.parent`): no worker outlives its group.
+    """
     settings = load_settings()
     configure_logging(settings)
     services = Services.from_settings(settings)
@@ -55,6 +62,8 @@ def run_worker_process(threads: int, queues: Sequence[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if supervisor_pid is not None:
+        watch_parent(supervisor_pid)  # after the handlers: its SIGTERM must checkpoint
     reaper = threading.Thread(
         target=reap_forever, args=(services, actors.enqueue_import, stop), daemon=True
     )

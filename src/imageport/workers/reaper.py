@@ -6,8 +6,9 @@
 * This host's staging and scratch directories of jobs that are over are removed
   (:mod:`imageport.workers.sweeper`).
 * A pending task nobody holds that has waited longer than a lease may have lost its queue
-  message (a broker restarted without persistence): its message is sent again. Duplicates are
-  harmless: a live lease drops them, a finished task ignores them.
+  message (a broker restarted without persistence): when the broker holds fewer messages
+  than there are runnable pending tasks, the shortfall is sent again, oldest first.
+  Duplicates are harmless: a live lease drops them, a finished task ignores them.
 * A deleted image that still records a location has data left in a store: a copy recorded
   by a job racing the delete, or one a store failed to delete. It is deleted again
   (``delete_image`` on a deleted image retries only that; see pipeline/methods/deletion.py).
@@ -20,14 +21,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy import func, or_, select
 
 from imageport.errors import PipelineError, StateError, TransientError
 from imageport.pipeline import Services, context_of, delete_image, fail_import
-from imageport.records import TaskStatus, leases, repository
+from imageport.records import Task, TaskStatus, leases, repository
 from imageport.records.base import utcnow
+from imageport.workers.queues import queued_messages
 from imageport.workers.sweeper import sweep_local
 
 log = structlog.get_logger(__name__)
@@ -72,8 +75,7 @@ def reap(services: Services, enqueue: Callable[[str], None]) -> ReapReport:
     now = utcnow()
     with services.db.session() as session:
         expired = [(t.id, t.attempts, t.lease_owner) for t in leases.expired(session, now)]
-        stale_before = now - timedelta(seconds=services.settings.lease_ttl_seconds)
-        stale = [t.id for t in leases.stale_pending(session, stale_before)]
+    stale = _lost_messages(services, now)
     for task_id, attempts, owner in expired:
         try:
             if attempts >= services.settings.max_attempts:
@@ -97,6 +99,43 @@ def reap(services: Services, enqueue: Callable[[str], None]) -> ReapReport:
     return report
 
 
+def _lost_messages(services: Services, now: datetime) -> list[str]:
+    """Pending tasks to send again: as many as messages are missing, oldest first.
+
+    Every runnable pending task needs a message (a turn, see :mod:`fairshare`). When the
+    broker holds at least as many as there are such tasks, none was lost — a long backlog is
+    just waiting — and nothing is sent: resending every task that waited longer than a lease
+    would add a whole backlog of duplicates on every pass of every worker. Otherwise the
+    shortfall is made up from the tasks that waited longest. A broker that cannot tell its
+    depth gets every stale task again, as before.
+    """
+    settings = services.settings
+    stale_before = now - timedelta(seconds=settings.lease_ttl_seconds)
+    waiting = queued_messages(settings)
+    free = Task.lease_owner.is_(None)
+    due = or_(Task.lease_expires_at.is_(None), Task.lease_expires_at < now)
+    pending = Task.status == TaskStatus.PENDING.value
+    with services.db.session() as session:
+        missing: int | None = None
+        if waiting is not None:
+            runnable = session.scalar(select(func.count()).where(pending, free, due)) or 0
+            missing = runnable - waiting
+            if missing <= 0:
+                return []
+        query = (
+            select(Task.id)
+            .where(
+                pending,
+                free,
+                Task.updated_at < stale_before,
+                or_(Task.lease_expires_at.is_(None), Task.lease_expires_at < stale_before),
+            )
+            .order_by(Task.created_at)
+            .limit(missing)
+        )
+        return list(session.scalars(query))
+
+
 def _purge_deleted(services: Services) -> list[str]:
     """Delete the stored copies deleted images still record; return the images now clean."""
     with services.db.session() as session:
@@ -112,7 +151,25 @@ def _purge_deleted(services: Services) -> list[str]:
 
 
 def _requeue(services: Services, task_id: str, owner: str | None) -> None:
+    """Put an expired job back to pending, unless a worker took it over since it was listed.
+
+    Raises:
+        StateError: the lease is no longer the expired one the pass saw.
+    """
     with services.db.session() as session:
+        # The status alone is not enough: between the listing and this transaction another
+        # worker may have taken the expired lease over (RabbitMQ redelivers a dead consumer's
+        # message at once) and be running the job; requeueing it then would make that
+        # worker's last record fail. The row lock makes the check and the change one step.
+        task = session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+        expires = task.lease_expires_at if task is not None else None
+        if (
+            task is None
+            or task.status != TaskStatus.PROCESSING
+            or task.lease_owner != owner
+            or (expires is not None and expires >= utcnow())
+        ):
+            raise StateError(f"task {task_id} was taken over meanwhile")
         repository.set_task_status(
             session,
             task_id,

@@ -15,26 +15,31 @@ import signal
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from imageport import cpus
 from imageport.config import Settings
 from imageport.health import readiness
+from imageport.records import Database
 from imageport.workers.process import run_worker_process
-from imageport.workers.queues import queue_depth
+from imageport.workers.queues import ProjectQueue, project_queues, queue_depth
 
 log = structlog.get_logger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in every process
 
 
-def _child(threads: int, queues: Sequence[str], share: frozenset[int] | None) -> None:
+def _child(
+    threads: int, queues: Sequence[str], share: frozenset[int] | None, supervisor: int
+) -> None:
     if share is not None:
         cpus.pin(share)  # before run_worker_process starts any thread: they inherit it
-    raise SystemExit(run_worker_process(threads, queues))
+    raise SystemExit(run_worker_process(threads, queues, supervisor_pid=supervisor))
 
 
 def supervise(
@@ -51,11 +56,13 @@ def supervise(
     With ``pin_cpus``, each process keeps to its own share of this process's CPUs when there
     is a CPU for every job thread (see :mod:`imageport.cpus`).
     """
+    children: list[BaseProcess] = []
     with tempfile.TemporaryDirectory(prefix="imageport-metrics-") as metrics_dir:
         if metrics_port is not None:
             # Must be in the environment before the children import prometheus_client.
             os.environ[MULTIPROC_ENV] = metrics_dir
-            _serve_metrics(settings, metrics_port, Path(metrics_dir))
+            group = _Group(settings, children, processes)
+            _serve_metrics(settings, metrics_port, Path(metrics_dir), group)
         # sched_setaffinity is Linux's; elsewhere the kernel places the processes.
         pinnable = pin_cpus and hasattr(os, "sched_setaffinity")
         placement = (
@@ -68,10 +75,10 @@ def supervise(
             cpus=[sorted(share) for share in placement] if placement else "any",
         )
         ctx = multiprocessing.get_context("spawn")
-        children = [
+        children += [
             ctx.Process(
                 target=_child,
-                args=(threads, list(queues), placement[i] if placement else None),
+                args=(threads, list(queues), placement[i] if placement else None, os.getpid()),
                 name=f"imageport-worker-{i}",
             )
             for i in range(processes)
@@ -93,7 +100,7 @@ def supervise(
         return 0 if all(code == 0 for code in codes) else 1
 
 
-def _serve_metrics(settings: Settings, port: int, metrics_dir: Path | None) -> None:
+def _serve_metrics(settings: Settings, port: int, metrics_dir: Path | None, group: _Group) -> None:
     """Serve /metrics (all worker processes), /healthz and /readyz on ``port``."""
     from prometheus_client import (  # noqa: PLC0415
         CONTENT_TYPE_LATEST,
@@ -105,7 +112,7 @@ def _serve_metrics(settings: Settings, port: int, metrics_dir: Path | None) -> N
     registry = CollectorRegistry()
     if metrics_dir is not None:
         MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
-    registry.register(_QueueDepth(settings))
+    registry.register(group)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -136,14 +143,32 @@ def _serve_metrics(settings: Settings, port: int, metrics_dir: Path | None) -> N
     log.info("metrics and health served", port=port)
 
 
-class _QueueDepth:
-    """A custom collector: the import queue's length, read from the broker at scrape time."""
+class _Group:
+    """A custom collector read at scrape time: processes, the broker's queue, projects.
 
-    def __init__(self, settings: Settings) -> None:
+    It reports this group's worker processes, the broker's queue depth and each project's
+    queued and running imports. The queue and project numbers are the same in every group
+    (they read the same broker and database): aggregate them with ``max``, not ``sum``. One
+    grouped query over the pending and processing tasks per scrape.
+    """
+
+    def __init__(self, settings: Settings, children: list[BaseProcess], configured: int) -> None:
         self._settings = settings
+        self._children = children
+        self._configured = configured
+        self._db: Database | None = None
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+        workers = GaugeMetricFamily(
+            "imageport_worker_processes",
+            "Worker processes of this group: configured, and alive now",
+            labels=["state"],
+        )
+        workers.add_metric(["configured"], self._configured)
+        workers.add_metric(["alive"], sum(1 for c in self._children if c.is_alive()))
+        yield workers
 
         family = GaugeMetricFamily(
             "imageport_queue_depth", "Messages waiting in the import queue", labels=["queue"]
@@ -152,3 +177,23 @@ class _QueueDepth:
         if depth is not None:
             family.add_metric(["imports"], depth)
         yield family
+        projects = GaugeMetricFamily(
+            "imageport_project_imports",
+            "Imports by project: queued (waiting for a worker, their project's cap or space) "
+            "and running",
+            labels=["project", "state"],
+        )
+        for entry in self._projects():
+            for state in ("queued", "running", "waiting_for_capacity", "waiting_for_space"):
+                projects.add_metric([entry.project, state], getattr(entry, state))
+        yield projects
+
+    def _projects(self) -> list[ProjectQueue]:
+        try:
+            if self._db is None:
+                self._db = Database(self._settings.resolved_database_url)
+            with self._db.session() as session:
+                return project_queues(session)
+        except SQLAlchemyError as exc:  # a scrape must answer while the database is away
+            log.warning("project queues unavailable", error=str(exc))
+            return []

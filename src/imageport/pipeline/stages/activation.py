@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from imageport.pipeline.completion import finish_task, remove_work_dirs
 from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.failures import drop_import_task
 from imageport.pipeline.outputs import (
     ActivatedOutput,
     ConvertedOutput,
@@ -27,7 +28,8 @@ class Activation(BaseStage):
         """Activate the image and finish the task in one transaction, then clean staging.
 
         The stores written leave ``os_glance_importing_to_stores``; those that failed are
-        listed in ``os_glance_failed_import``.
+        listed in ``os_glance_failed_import``; ``os_glance_import_task`` is removed, as Glance
+        removes it when an import ends.
         """
         copied = ctx.output(CopiedOutput)
         converted = ctx.output(ConvertedOutput)
@@ -63,6 +65,7 @@ class Activation(BaseStage):
                 # "bare" once a compressed upload was unpacked; else what the request declared.
                 container_format=ctx.output(StagedOutput).container_format,
             )
+            drop_import_task(session, ctx.image_id, ctx.task_id)  # Glance drops its lock
             finish_task(session, ctx, result)
         remove_work_dirs(ctx, services)
         return result

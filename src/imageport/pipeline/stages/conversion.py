@@ -11,14 +11,13 @@ writes the final bytes exactly once.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from imageport.errors import ConversionFailed, NoSpace
+from imageport.errors import ConversionFailed
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.data import staging_area
+from imageport.pipeline.data import space, staging_area
 from imageport.pipeline.data.staging_area import Tick
-from imageport.pipeline.outputs import ConvertedOutput, InspectedOutput, StagedOutput
+from imageport.pipeline.outputs import ConvertedOutput, InspectedOutput
 from imageport.pipeline.safety.headers import magic_format, qcow2_problem
 from imageport.pipeline.safety.inspector import HEAD_SIZE
 from imageport.pipeline.safety.qemu import QemuInfo, qemu_format
@@ -40,14 +39,9 @@ class Conversion(BaseStage):
             return ConvertedOutput(skipped=True, converted=False, format=source_format)
         ctx.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         out = ctx.converted_path
-        # A raw output holds at least the source's data; qcow2's own overhead is small.
-        needed = ctx.output(StagedOutput).disk_bytes
-        free = shutil.disk_usage(ctx.scratch_dir).free
-        if needed > free:
-            raise NoSpace(
-                f"scratch has {free} bytes free, about {needed} are needed to convert: "
-                f"free space in {ctx.scratch_dir} or move scratch_dir"
-            )
+        # Admission: the output allocates at most the virtual size (compressed qcow2 clusters
+        # expand up to it); when that does not fit here, the job is handed back, not failed.
+        space.admit(ctx.scratch_dir, inspected.virtual_size, ctx.settings, "convert")
         total = inspected.virtual_size
 
         def on_progress(percent: float) -> None:

@@ -1,13 +1,15 @@
 """Stage ``activate`` of copy-image: add the new locations; the image stays ``active``.
 
 As in Glance, the stores just written leave ``os_glance_importing_to_stores``, the ones that
-failed join ``os_glance_failed_import`` (earlier failures of other stores are kept).
+failed join ``os_glance_failed_import`` (earlier failures of other stores are kept), and
+``os_glance_import_task`` is removed.
 """
 
 from __future__ import annotations
 
 from imageport.pipeline.completion import finish_task, remove_work_dirs
 from imageport.pipeline.context import JobContext, Services
+from imageport.pipeline.failures import drop_import_task
 from imageport.pipeline.outputs import ActivatedOutput, ReplicatedOutput
 from imageport.pipeline.stages.base import BaseStage
 from imageport.records import repository
@@ -48,6 +50,7 @@ class Registration(BaseStage):
             failed = [s for s in _split(props.get(FAILED_IMPORT)) if s not in targets] + failed_now
             repository.set_property(session, ctx.image_id, IMPORTING_TO_STORES, ",".join(importing))
             repository.set_property(session, ctx.image_id, FAILED_IMPORT, ",".join(failed))
+            drop_import_task(session, ctx.image_id, ctx.task_id)  # Glance drops its lock
             finish_task(session, ctx, result)
         remove_work_dirs(ctx, services)
         return result

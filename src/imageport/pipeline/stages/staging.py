@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.data import decompression, extents, staging_area
+from imageport.pipeline.data import decompression, extents, space, staging_area
 from imageport.pipeline.data.copier import KernelCopier
 from imageport.pipeline.data.extents import data_runs
 from imageport.pipeline.data.scan import ScanResult, coalesce, scan
 from imageport.pipeline.data.sources import SourceInfo, file_chunks, http_stream
-from imageport.pipeline.data.space import check_space
 from imageport.pipeline.data.staging_area import Tick
 from imageport.pipeline.methods import glance_download, uploads
 from imageport.pipeline.outputs import StagedOutput
@@ -82,7 +81,8 @@ def _stage(ctx: JobContext, services: Services) -> StagedOutput:
             chunks = itertools.chain(file_chunks(target, buffer), body)
         elif ctx.request.method == "web-download":
             chunks = _mark_resumable(ctx, body)
-        check_space(ctx.work_dir, info.length)
+        # Admission: hand the job back (not fail it) when the source does not fit here.
+        space.admit(ctx.work_dir, info.length, ctx.settings, "staging")
         scanned = _copy(ctx, chunks, target, info, keep=resume)
     (ctx.work_dir / RESUME_MARKER).unlink(missing_ok=True)
     done = scanned.size or 0
