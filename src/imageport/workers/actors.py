@@ -16,7 +16,7 @@ import dramatiq
 import structlog
 
 from imageport.pipeline import Outcome, Services, default_owner, run_import
-from imageport.records import Task
+from imageport.records import Task, leases
 from imageport.workers import fairshare
 
 log = structlog.get_logger(__name__)
@@ -80,7 +80,12 @@ def take_turn(
     if turn.task_id is None:
         log.info("turn handed back: project at its cap", task_id=task_id, project=turn.capped)
         return task_id, None
-    outcome = run_import(services, turn.task_id, owner=owner)
+    try:
+        outcome = run_import(services, turn.task_id, owner=owner)
+    except Exception:
+        if turn.leased:  # the pick took the lease in its own transaction: give it back
+            _release_quietly(services, turn.task_id, owner)
+        raise
     if cap is not None and not outcome.dropped:
         _pass_turn_on(services, turn.task_id, send)
     return turn.task_id, outcome
@@ -93,3 +98,16 @@ def _pass_turn_on(services: Services, ended: str, send: Callable[[str], None]) -
         following = fairshare.next_of(session, task.owner) if task is not None else None
     if following is not None:
         send(following)
+
+
+def _release_quietly(services: Services, task_id: str, owner: str) -> None:
+    """Give up a picked task's lease after its job failed to start.
+
+    If the database is away, the lease expires by itself and the task is free again: the
+    fair-share pick and the reaper treat an expired lease on a pending task as none.
+    """
+    try:
+        with services.db.session() as session:
+            leases.release(session, task_id, owner)
+    except Exception as exc:  # noqa: BLE001 - best effort; the original error is re-raised
+        log.warning("could not release a picked task's lease", task_id=task_id, error=str(exc))

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import ColumnElement, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from imageport.records import Task, TaskStatus, leases
@@ -68,12 +68,12 @@ class Turn:
 def in_flight(session: Session) -> dict[str | None, int]:
     """Imports in flight by project: leased tasks, running or about to start.
 
-    Only leased rows are read (``lease_expires_at`` is set on them: a small index range).
+    Only rows with a live lease are read: a small range of ``ix_tasks_lease_expires_at``.
     """
     rows = session.execute(
         select(Task.owner, func.count())
         .where(
-            Task.lease_expires_at.is_not(None),
+            Task.lease_expires_at >= utcnow(),  # a live lease (a dead worker's is not)
             Task.lease_owner.is_not(None),
             Task.status.in_([TaskStatus.PENDING.value, TaskStatus.PROCESSING.value]),
         )
@@ -211,10 +211,11 @@ class _Picker:
             .where(
                 Task.status == TaskStatus.PENDING.value,
                 owned,
-                Task.lease_owner.is_(None),
                 Task.cancel_requested.is_(False),
-                # A scheduled retry keeps its "not before" time as an owner-less expiry.
-                or_(Task.lease_expires_at.is_(None), Task.lease_expires_at < self.now),
+                # Free: never leased, or the lease ran out — a scheduled retry's "not before"
+                # time is an owner-less expiry, and a pick whose worker died before starting
+                # the job leaves an expired one (such a task must not be stranded).
+                _free(self.now),
             )
             .order_by(Task.created_at)
             # No FOR UPDATE SKIP LOCKED: it would lock every candidate returned and make
@@ -230,7 +231,7 @@ class _Picker:
                 .where(
                     Task.id == candidate,
                     Task.status == TaskStatus.PENDING.value,
-                    Task.lease_owner.is_(None),
+                    _free(self.now),
                 )
                 .values(lease_owner=self.owner, lease_expires_at=until)
                 .execution_options(synchronize_session=False)
@@ -238,3 +239,8 @@ class _Picker:
             if taken.rowcount == 1:  # type: ignore[attr-defined]
                 return str(candidate)
         return None
+
+
+def _free(now: datetime) -> ColumnElement[bool]:
+    """A task nobody holds: no lease, or one that expired before ``now``."""
+    return or_(Task.lease_expires_at.is_(None), Task.lease_expires_at < now)

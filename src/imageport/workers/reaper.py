@@ -112,13 +112,14 @@ def _lost_messages(services: Services, now: datetime) -> list[str]:
     settings = services.settings
     stale_before = now - timedelta(seconds=settings.lease_ttl_seconds)
     waiting = queued_messages(settings)
-    free = Task.lease_owner.is_(None)
+    # Free and due: no lease, or an expired one — a retry's "not before" time that passed,
+    # or a fair-share pick whose worker died before it started the job.
     due = or_(Task.lease_expires_at.is_(None), Task.lease_expires_at < now)
     pending = Task.status == TaskStatus.PENDING.value
     with services.db.session() as session:
         missing: int | None = None
         if waiting is not None:
-            runnable = session.scalar(select(func.count()).where(pending, free, due)) or 0
+            runnable = session.scalar(select(func.count()).where(pending, due)) or 0
             missing = runnable - waiting
             if missing <= 0:
                 return []
@@ -126,7 +127,6 @@ def _lost_messages(services: Services, now: datetime) -> list[str]:
             select(Task.id)
             .where(
                 pending,
-                free,
                 Task.updated_at < stale_before,
                 or_(Task.lease_expires_at.is_(None), Task.lease_expires_at < stale_before),
             )
