@@ -20,6 +20,7 @@ that says what to do about it::
     │   ├── HashMismatch              the bytes do not match the checksum the user gave
     │   ├── UnsafeImage               the image failed inspection (format, safety checks)
     │   ├── ConversionFailed          qemu-img could not convert or describe the image
+    │   │   └── QemuOutputTooLarge    qemu-img printed more than its output cap
     │   └── Cancelled                 an administrator cancelled the import
     ├── NotFound                      an image or task id that does not exist
     ├── StateError                    a status change that the state machine refuses
@@ -135,6 +136,12 @@ class ConversionFailed(PermanentError):
     """qemu-img failed to describe or convert an image that passed inspection."""
 
     code = "conversion_failed"
+
+
+class QemuOutputTooLarge(ConversionFailed):
+    """qemu-img printed more than its output cap (a hostile image's endless map or info)."""
+
+    code = "qemu_output_too_large"
 
 
 class DatabaseUnavailable(TransientError):

@@ -239,12 +239,13 @@ def test_interrupted_import_resumes_from_the_last_finished_stage(services, setti
         method="local-file", source=str(src), disk_format="qcow2", target_format="raw"
     )
     submitted = submit_import(services, request)
-    real_convert = services.qemu.convert
+    real_convert, real_map = services.qemu.convert, services.qemu.map
 
     def crash(*args, **kwargs):
         raise _Crash
 
-    services.qemu.convert = crash
+    # qcow2 to raw is written from qemu-img's map; other conversions by qemu-img convert.
+    services.qemu.convert = services.qemu.map = crash
     with pytest.raises(_Crash):
         runner.run_import(services, submitted.task_id)
     # The "process" died in convert: the image is still importing, the task processing.
@@ -252,7 +253,7 @@ def test_interrupted_import_resumes_from_the_last_finished_stage(services, setti
     staged = settings.resolved_staging_dir / submitted.task_id / "source"
     assert staged.is_file()
 
-    services.qemu.convert = real_convert
+    services.qemu.convert, services.qemu.map = real_convert, real_map
     outcome = runner.run_import(services, submitted.task_id)
 
     assert outcome.status == TaskStatus.SUCCESS

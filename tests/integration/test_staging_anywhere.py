@@ -76,6 +76,8 @@ def _crash(*args, **kwargs):
 
 def _die_in(where, services, monkeypatch):
     if where == "convert":
+        # qcow2 to raw is written from qemu-img's map; other conversions by qemu-img convert.
+        monkeypatch.setattr(services.qemu, "map", _crash)
         monkeypatch.setattr(services.qemu, "convert", _crash)
     else:
         monkeypatch.setattr(copying.Copying, "run", _crash)

@@ -1,9 +1,9 @@
 """From the ASGI request body (async) to the pipeline's chunk iterators (sync, in a thread).
 
 The staging scan is synchronous and CPU-bound (hashing, inspection), so it runs in a worker
-thread; that thread pulls the body from the event loop one piece at a time. uvicorn stops
-reading the socket while its buffer is full, so at most one chunk per stage is held in memory,
-whatever the size of the upload.
+thread; that thread pulls the body from the event loop, up to :data:`BATCH_BYTES` per trip.
+uvicorn stops reading the socket while its buffer is full, so an upload holds at most one batch
+and one chunk in memory, whatever its size.
 
 The thread waits for the client between two pieces, so it must come from the uploads' own
 limiter (:mod:`imageport.api.upload_slots`), never from the pool other requests are served
@@ -21,24 +21,37 @@ from starlette.requests import Request
 
 from imageport.pipeline import coalesce
 
+BATCH_BYTES = 1024 * 1024  # body pieces handed to the thread per event-loop round trip
+
 
 def body_chunks(request: Request, buffer: bytearray) -> Iterator[memoryview]:
     """The request body as ``buffer``-sized chunks; call only from an anyio worker thread."""
     stream: AsyncIterator[bytes] = request.stream().__aiter__()
 
-    async def pull() -> bytes | None:
-        # StopAsyncIteration must not cross the thread boundary: it is turned into None here.
+    async def pull() -> list[bytes] | None:
+        # uvicorn hands the body over in socket-sized pieces (64 KiB at most); one trip from
+        # the thread to the loop and back per piece would cost more than the bytes' own
+        # handling, so each trip brings up to BATCH_BYTES. StopAsyncIteration must not cross
+        # the thread boundary: the end of the body is an empty answer, then None.
+        pieces: list[bytes] = []
+        size = 0
         try:
-            return await stream.__anext__()
+            while size < BATCH_BYTES:
+                piece = await stream.__anext__()
+                if piece:
+                    pieces.append(piece)
+                    size += len(piece)
         except StopAsyncIteration:
-            return None
+            if not pieces:
+                return None
+        return pieces
 
     def pieces() -> Iterator[memoryview]:
         while True:
-            piece = anyio.from_thread.run(pull)
-            if piece is None:
+            batch = anyio.from_thread.run(pull)
+            if batch is None:
                 return
-            if piece:
+            for piece in batch:
                 yield memoryview(piece)
 
     return coalesce(pieces(), buffer)

@@ -191,6 +191,9 @@ async def _receive(
             body_chunks(request, buffer),
             disk_format=disk_format,
             length=int(length) if length and length.isdigit() else None,
+            # glance-direct declares no digests: the upload's own are needed only when the
+            # import will store it as it is (no conversion by the operator's policy).
+            hashed=ctx.settings.target_format in (None, disk_format),
         )
         _record_staged(ctx, image_id, scanned.disk_size)
         return scanned

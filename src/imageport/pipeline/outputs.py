@@ -80,6 +80,12 @@ class ConvertedOutput(StageOutput):
     path: str | None = None
     size: int | None = None
     virtual_size: int | None = None
+    #: Written from ``qemu-img map`` in one pass (else by ``qemu-img convert``).
+    mapped: bool = False
+    #: The output's digests when they were computed while it was written.
+    md5: str | None = None
+    hash_algo: str | None = None
+    hash_value: str | None = None
 
     def was_skipped(self) -> bool:
         """A conversion to the format the image already has is skipped."""

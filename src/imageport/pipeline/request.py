@@ -72,3 +72,16 @@ class ImportRequest(BaseModel):
     def final_format(self) -> str:
         """The disk format the stored image will have."""
         return self.target_format or self.disk_format
+
+    @property
+    def source_hash_needed(self) -> bool:
+        """Whether the source's own digests serve anyone.
+
+        They do when a declared checksum or hash is checked against them, or when the source
+        is likely stored as it is (no conversion asked for): its digests are then the image's.
+        Otherwise the stored bytes are new ones, hashed as they are written, and hashing the
+        source too would only cost CPU. A wrong guess costs time, never correctness: a stored
+        source whose digests are missing is hashed on its way to the stores.
+        """
+        declared = self.checksum is not None or self.os_hash_value is not None
+        return declared or self.final_format == self.disk_format

@@ -1,4 +1,4 @@
-"""Stage a local file with the kernel's ``copy_file_range`` while the scan reads it."""
+"""Copy a local file's ranges with the kernel's ``copy_file_range`` while Python reads them."""
 
 from __future__ import annotations
 
@@ -26,10 +26,17 @@ class KernelCopier:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-copy")
         self._futures: list[Future[None]] = []
 
-    def copy(self, chunk: memoryview, offset: int) -> None:
-        """Queue the non-zero runs of ``chunk`` (at ``offset`` in the source) for copying."""
+    def copy(self, chunk: memoryview, offset: int, to: int | None = None) -> None:
+        """Queue the non-zero runs of ``chunk`` for copying.
+
+        Args:
+            chunk: the bytes at ``offset`` in the source, as read (only to find zero runs).
+            offset: where ``chunk`` starts in the source.
+            to: where it goes in the target (default: the same offset).
+        """
         self._raise_failures()
-        runs = [(offset + a, b - a) for a, b in data_runs(chunk)]
+        shift = 0 if to is None else to - offset
+        runs = [(offset + a, b - a, shift) for a, b in data_runs(chunk)]
         self._futures.append(self._pool.submit(self._copy_runs, runs))
 
     def finish(self) -> None:
@@ -49,14 +56,13 @@ class KernelCopier:
             future.result()
             self._futures.remove(future)
 
-    def _copy_runs(self, runs: list[tuple[int, int]]) -> None:
-        for start, length in runs:
+    def _copy_runs(self, runs: list[tuple[int, int, int]]) -> None:
+        for start, length, shift in runs:
             copied = 0
             try:
                 while copied < length:
-                    n = os.copy_file_range(
-                        self._src, self._dst, length - copied, start + copied, start + copied
-                    )
+                    at = start + copied
+                    n = os.copy_file_range(self._src, self._dst, length - copied, at, at + shift)
                     if n == 0:
                         raise SourceUnavailable("the source file shrank while it was staged")
                     copied += n

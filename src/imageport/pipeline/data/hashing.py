@@ -10,10 +10,12 @@ import hashlib
 import hmac
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from imageport.errors import InvalidRequest
+from imageport.pipeline.data.extents import read_extents
 
 SUPPORTED_ALGOS = ("sha256", "sha384", "sha512")
 _PARALLEL_MIN = 256 * 1024  # bytes; below this, a thread hand-off costs more than it saves
@@ -77,6 +79,22 @@ class MultiHasher:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def hash_file(path: Path, algo: str, buffer: bytearray) -> Digests:
+    """MD5 and ``algo`` of a local file; its holes are hashed from zeros, never read."""
+    zeros = memoryview(bytes(len(buffer)))
+    with MultiHasher(algo) as hasher:
+        for piece in read_extents(path, buffer):
+            if piece.data is not None:
+                hasher.update(piece.data)
+                continue
+            left = piece.hole
+            while left:
+                n = min(left, len(zeros))
+                hasher.update(zeros[:n])
+                left -= n
+        return hasher.digests()
 
 
 def same_digest(expected: str, actual: str) -> bool:

@@ -100,6 +100,7 @@ def scan(
     extra_algo: str | None,
     sink: Callable[[memoryview, int], None] | None = None,
     progress: Callable[[int], object] | None = None,
+    hashed: bool = True,
 ) -> ScanResult:
     """Count, cap, hash, decompress and inspect a byte stream, handing disk bytes to ``sink``.
 
@@ -110,14 +111,19 @@ def scan(
     (``complete`` is then False and sizes and hashes are None), so at most one chunk past the
     header region is ever read for a refused image.
 
+    ``hashed=False`` skips MD5 and the multihash (``md5`` and ``hash_value`` are then None):
+    hashing costs more CPU than anything else here, and when no declared digest is checked
+    against these bytes and they are converted before being stored, nobody needs it.
+
     Raises:
         SizeLimitExceeded: more than ``max_image_bytes`` arrived. (A decompression bomb, a
             nested layer or a damaged stream is a refusal verdict, like an early refusal.)
     """
     inspector = StreamInspector(declared, settings)
-    extra = _extra_hash(settings, extra_algo)
+    extra = _extra_hash(settings, extra_algo) if hashed else None
     with MultiHasher(settings.hash_algo) as hasher:
-        received = _received(chunks, settings, hasher, extra, progress)
+        counter = _Counter()
+        received = _received(chunks, settings, counter, hasher if hashed else None, extra, progress)
         compression, disk_chunks = _disk_bytes(received, settings)
         offset = 0
         refused: Verdict | None = None
@@ -136,40 +142,49 @@ def scan(
             # A bomb, a nested layer or a damaged stream: refuse the content seen so far.
             broken = reject(inspector.best_guess(), exc.code, exc.message)
             return ScanResult(complete=False, compression=compression, verdict=broken)
-        digests = hasher.digests()
+        digests = hasher.digests() if hashed else None
     verdict = refused or inspector.verdict()
     return ScanResult(
         complete=True,
-        size=digests.size,
+        size=counter.size,
         disk_size=offset,
         compression=compression,
-        md5=digests.md5,
-        hash_algo=digests.algo,
-        hash_value=digests.value,
+        md5=digests.md5 if digests else None,
+        hash_algo=digests.algo if digests else None,
+        hash_value=digests.value if digests else None,
         extra_hash=ExtraHash(algo=extra.name, value=extra.hexdigest()) if extra else None,
         verdict=verdict,
     )
 
 
+class _Counter:
+    """Bytes received so far (kept apart from the hasher, which may not run)."""
+
+    size = 0
+
+
 def _received(
     chunks: Iterator[memoryview],
     settings: Settings,
-    hasher: MultiHasher,
+    counter: _Counter,
+    hasher: MultiHasher | None,
     extra: hashlib._Hash | None,
     progress: Callable[[int], object] | None,
 ) -> Iterator[memoryview]:
-    """The received chunks, each counted against the cap and hashed as it is pulled."""
+    """The received chunks, each counted against the cap (and hashed) as it is pulled."""
     for chunk in chunks:
-        if hasher.size + len(chunk) > settings.max_image_bytes:
+        if counter.size + len(chunk) > settings.max_image_bytes:
             raise SizeLimitExceeded(
                 f"the source is larger than max_image_bytes={settings.max_image_bytes}",
                 code="upload_limit",
             )
-        hasher.update(chunk)
+        counter.size += len(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
         if extra is not None:
             extra.update(chunk)
         if progress is not None:
-            progress(hasher.size)
+            progress(counter.size)
         yield chunk
 
 

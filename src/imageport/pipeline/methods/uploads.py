@@ -2,7 +2,8 @@
 
 The API streams an upload into ``<staging>/uploads/<image id>/source`` through the same
 single-pass :func:`imageport.pipeline.data.scan.scan` a worker uses (count and cap, MD5 and
-multihash, decompression, stream inspection, zero runs left as holes) and records the scan
+multihash when the upload will be stored as it is, decompression, stream inspection, zero runs
+left as holes) and records the scan
 result beside it. When the import runs, its ``stage`` step :func:`adopt` s the upload: it
 renames the file and the scan result into the task's staging directory (same file system, no
 byte copied) and returns the recorded scan as its output. So a glance-direct image is read
@@ -57,6 +58,7 @@ def receive_upload(
     *,
     disk_format: str | None,
     length: int | None,
+    hashed: bool = True,
 ) -> ScanResult:
     """Stream ``chunks`` into the image's upload file in one scanning pass; return the scan.
 
@@ -67,6 +69,8 @@ def receive_upload(
         chunks: the request body (each chunk is consumed before the next is asked for).
         disk_format: the image's declared format, shown to the inspector (None: any).
         length: the body's declared length, used only for the free-space check.
+        hashed: compute MD5 and the multihash (only worth it when the upload will be stored
+            as it is; a converted image is hashed as its output is written).
 
     Raises:
         SizeLimitExceeded: the body passed ``max_image_bytes`` (``upload_limit``).
@@ -78,7 +82,7 @@ def receive_upload(
     folder.mkdir(mode=0o700, parents=True)
     try:
         check_space(folder, length)
-        scanned = _write(settings, folder / SOURCE_NAME, chunks, disk_format)
+        scanned = _write(settings, folder / SOURCE_NAME, chunks, disk_format, hashed=hashed)
         record = json.dumps({"declared": disk_format, **scanned.model_dump(mode="json")}).encode()
         # Remote staging: the bytes first, the scan last; its presence marks a complete upload
         # for a worker on another host, as the local scan file does here.
@@ -92,7 +96,12 @@ def receive_upload(
 
 
 def _write(
-    settings: Settings, target: Path, chunks: Iterator[memoryview], disk_format: str | None
+    settings: Settings,
+    target: Path,
+    chunks: Iterator[memoryview],
+    disk_format: str | None,
+    *,
+    hashed: bool,
 ) -> ScanResult:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -102,7 +111,9 @@ def _write(
             for start, end in data_runs(chunk):
                 pwrite_all(fd, chunk[start:end], offset + start)
 
-        scanned = scan(chunks, settings, declared=disk_format, extra_algo=None, sink=sink)
+        scanned = scan(
+            chunks, settings, declared=disk_format, extra_algo=None, sink=sink, hashed=hashed
+        )
         if not scanned.complete:
             scanned.verdict.raise_if_rejected()
         os.ftruncate(fd, scanned.disk_size or 0)

@@ -11,6 +11,7 @@ module: they become :class:`~imageport.errors.ConversionFailed` or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -26,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from imageport import cpus
-from imageport.errors import ConversionFailed, QemuTimeout
+from imageport.errors import ConversionFailed, QemuOutputTooLarge, QemuTimeout
 
 #: qemu-img's names for formats whose Glance disk_format name differs.
 QEMU_FORMAT_NAMES = {"vhd": "vpc", "iso": "raw"}
 CONVERT_ADDRESS_SPACE = 4 * 1024**3  # bytes; convert with -m 16 needs far less than this
+#: Bytes of ``qemu-img map`` JSON read at most (about 80,000 extents, ~10 MiB parsed).
+MAP_OUTPUT_LIMIT = 8 * 1024**2
 _PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _EXIT_WAIT = 0.01  # seconds to wait for an exit once output or EOF arrived
 _POLL_INTERVAL = 0.2  # seconds between two checks of a running convert
@@ -48,6 +51,8 @@ class Limits:
     address_space: int  # bytes
     cpu_seconds: int
     timeout: float  # wall-clock seconds
+    #: Bytes of stdout kept at most; past it qemu-img is killed (QemuOutputTooLarge).
+    max_output: int = 16 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ def run_limited(args: Sequence[str], limits: Limits, progress: ProgressHook | No
 
     Raises:
         QemuTimeout: the timeout passed; the process group was killed.
+        QemuOutputTooLarge: stdout passed ``limits.max_output``; the process group was killed.
         BaseException: whatever the progress hook raised, after the process group was killed.
     """
     argv = [
@@ -105,7 +111,11 @@ def run_limited(args: Sequence[str], limits: Limits, progress: ProgressHook | No
             _drain(proc, out, err)
             if proc.poll() is not None:
                 _drain(proc, out, err)
+                _check_output_size(out, limits)
                 break
+            # A hostile image can make qemu-img print without end (a map of millions of
+            # extents): our memory must not follow it.
+            _check_output_size(out, limits)
             if time.monotonic() > deadline:
                 _kill_group(proc)
                 raise QemuTimeout(
@@ -127,6 +137,13 @@ def run_limited(args: Sequence[str], limits: Limits, progress: ProgressHook | No
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
     return RunResult(proc.returncode, bytes(out), bytes(err))
+
+
+def _check_output_size(out: bytearray, limits: Limits) -> None:
+    if len(out) > limits.max_output:
+        raise QemuOutputTooLarge(
+            f"qemu-img printed more than {limits.max_output} bytes and was stopped"
+        )
 
 
 def _wait_for_output(proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -237,6 +254,36 @@ class QemuImg:
                 f"qemu-img info printed no JSON: {result.stdout[:200]!r}", code="qemu_refused"
             ) from exc
         return info
+
+    def map(self, path: Path, disk_format: str) -> list[dict[str, Any]] | None:
+        """``qemu-img map -f FMT --output=json``: where each guest range's bytes lie.
+
+        Returns None when the map is longer than :data:`MAP_OUTPUT_LIMIT` (a badly fragmented
+        or hostile image): the caller then lets ``qemu-img convert`` do the reading.
+
+        Raises:
+            ConversionFailed: qemu-img cannot open the image or printed no JSON list.
+        """
+        args = [self._binary, "map", "--output=json", "-f", qemu_format(disk_format)]
+        limits = dataclasses.replace(self._info_limits, max_output=MAP_OUTPUT_LIMIT)
+        try:
+            result = self._runner([*args, source_name(path, disk_format)], limits, None)
+        except QemuOutputTooLarge:
+            return None
+        if result.returncode != 0:
+            raise ConversionFailed(
+                f"qemu-img cannot map the image as {disk_format}: {_first_line(result.stderr)}",
+                code="qemu_refused",
+            )
+        try:
+            extents = json.loads(result.stdout)
+        except ValueError:
+            extents = None
+        if not isinstance(extents, list):
+            raise ConversionFailed(
+                f"qemu-img map printed no JSON list: {result.stdout[:200]!r}", code="qemu_refused"
+            )
+        return extents
 
     def convert(
         self,

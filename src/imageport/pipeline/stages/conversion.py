@@ -1,4 +1,10 @@
-"""Stage ``convert``: qemu-img convert to the target format, then inspect the output.
+"""Stage ``convert``: the target format written, hashed when it can be on the way, inspected.
+
+A qcow2 converted to raw is written in one pass from ``qemu-img map``
+(:mod:`imageport.pipeline.data.mapped`): its data ranges are read once, hashed and copied by
+the kernel, its zero ranges hashed from a zero buffer and left as holes, so the output is never
+read back. Any other conversion — or a qcow2 whose map has compressed or encrypted ranges, or is
+too long — runs ``qemu-img convert``, and the copy stage hashes its output on the way.
 
 The output is inspected twice: its header by our own checks, then by ``qemu-img info -f``; it
 must be the target format with no backing or data file. (qcow2 sources are opened with their
@@ -15,7 +21,8 @@ from pathlib import Path
 
 from imageport.errors import ConversionFailed
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.data import space, staging_area
+from imageport.pipeline.data import mapped, space, staging_area
+from imageport.pipeline.data.hashing import Digests, MultiHasher
 from imageport.pipeline.data.staging_area import Tick
 from imageport.pipeline.outputs import ConvertedOutput, InspectedOutput
 from imageport.pipeline.safety.headers import magic_format, qcow2_problem
@@ -44,10 +51,7 @@ class Conversion(BaseStage):
         space.admit(ctx.scratch_dir, inspected.virtual_size, ctx.settings, "convert")
         total = inspected.virtual_size
 
-        def on_progress(percent: float) -> None:
-            ctx.progress(int(total * percent / 100), total)
-
-        services.qemu.convert(ctx.staged_path, source_format, out, target_format, on_progress)
+        digests = _convert(ctx, services, source_format, target_format, total)
         _check_head(out, target_format)  # our own eyes first, then qemu-img's
         info = services.qemu.info(out, target_format)
         _check_output(info, target_format)
@@ -63,6 +67,10 @@ class Conversion(BaseStage):
             format=target_format,
             size=out.stat().st_size,
             virtual_size=int(info["virtual-size"]),
+            mapped=digests is not None,
+            md5=digests.md5 if digests else None,
+            hash_algo=digests.algo if digests else None,
+            hash_value=digests.value if digests else None,
         )
 
     def still_valid(self, ctx: JobContext, services: Services) -> bool | None:
@@ -92,6 +100,32 @@ class Conversion(BaseStage):
 
 
 STAGE = Conversion()
+
+
+def _convert(
+    ctx: JobContext, services: Services, source_format: str, target_format: str, total: int
+) -> Digests | None:
+    """Write the output; its digests when it was hashed on the way (None: not hashed)."""
+    staged, out = ctx.staged_path, ctx.converted_path
+    if target_format == "raw" and source_format in mapped.FORMATS:
+        extents = services.qemu.map(staged, source_format)
+        runs = None if extents is None else mapped.plan(extents, total, staged.stat().st_size)
+        if runs is not None:
+            with MultiHasher(ctx.settings.hash_algo) as hasher:
+                return mapped.write_raw(
+                    staged,
+                    runs,
+                    out,
+                    hasher,
+                    bytearray(ctx.settings.chunk_size),
+                    lambda done: ctx.progress(done, total),
+                )
+
+    def on_progress(percent: float) -> None:
+        ctx.progress(int(total * percent / 100), total)
+
+    services.qemu.convert(staged, source_format, out, target_format, on_progress)
+    return None
 
 
 def _check_head(path: Path, target_format: str) -> None:

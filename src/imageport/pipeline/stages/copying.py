@@ -88,9 +88,17 @@ def _final_bytes(ctx: JobContext) -> tuple[Path, Digests | None]:
     converted = ctx.maybe_output(ConvertedOutput)
     staged = ctx.output(StagedOutput)
     if converted is not None and converted.converted:
-        return ctx.converted_path, None  # other bytes than were received: hash on the way
-    if staged.compression:
-        return ctx.staged_path, None  # the decompressed disk: hash on the way
+        if converted.md5 is None or converted.hash_value is None:
+            return ctx.converted_path, None  # qemu-img wrote it: hash on the way
+        return ctx.converted_path, Digests(
+            md5=converted.md5,
+            algo=converted.hash_algo or ctx.settings.hash_algo,
+            value=converted.hash_value,
+            size=converted.size or 0,
+        )
+    if staged.compression or staged.md5 is None or staged.hash_value is None:
+        # The decompressed disk, or a source nobody needed hashed while it was staged.
+        return ctx.staged_path, None
     known = Digests(
         md5=staged.md5 or "",
         algo=staged.hash_algo or ctx.settings.hash_algo,

@@ -1,7 +1,9 @@
 """Stage ``stage``: bring the source bytes into the task's staging directory in one pass.
 
-While the bytes flow they are counted against ``max_image_bytes``, hashed (MD5 and the
-configured multihash, in parallel) and shown to the stream inspector
+While the bytes flow they are counted against ``max_image_bytes``, hashed when someone needs
+their digests (MD5 and the configured multihash, in parallel; see
+:attr:`~imageport.pipeline.request.ImportRequest.source_hash_needed`) and shown to the stream
+inspector
 (:func:`imageport.pipeline.data.scan.scan`); zero chunks are left as holes. The staged file is
 the durable output a resumed job reuses. A glance-direct job adopts the upload the API already
 scanned (:func:`imageport.pipeline.methods.uploads.adopt`).
@@ -192,6 +194,7 @@ def _copy(
             extra_algo=ctx.request.os_hash_algo,
             sink=sink,
             progress=lambda done: ctx.progress(done, total),
+            hashed=ctx.request.source_hash_needed,
         )
         if copier is not None:
             copier.finish()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from imageport.errors import HashMismatch
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.data.hashing import same_digest
+from imageport.pipeline.data.hashing import hash_file, same_digest
 from imageport.pipeline.outputs import StagedOutput, VerifiedOutput
 from imageport.pipeline.stages.base import BaseStage
 
@@ -23,6 +23,18 @@ class Verification(BaseStage):
         """
         staged = ctx.output(StagedOutput)
         request = ctx.request
+        declared = request.checksum is not None or request.os_hash_value is not None
+        if declared and staged.md5 is None and not staged.compression:
+            # Staged without hashing (a glance-direct upload whose import now declares a
+            # digest): hash the staged file, which holds exactly the received bytes.
+            digests = hash_file(
+                ctx.staged_path,
+                request.os_hash_algo or ctx.settings.hash_algo,
+                bytearray(ctx.settings.chunk_size),
+            )
+            staged = staged.model_copy(
+                update={"md5": digests.md5, "hash_algo": digests.algo, "hash_value": digests.value}
+            )
         checked: list[str] = []
         if request.checksum is not None:
             if not same_digest(request.checksum, staged.md5 or ""):

@@ -1,0 +1,130 @@
+"""Convert to raw in one pass: read the guest's data where ``qemu-img map`` says it lies.
+
+A raw image is the guest's bytes in order. For an image whose data clusters are stored as
+they are (not compressed, not encrypted), ``qemu-img map`` tells, for every guest range, either
+that it reads as zeros or the offset in the image file where its bytes lie. Reading those
+ranges in guest order gives exactly the bytes ``qemu-img convert -O raw`` writes, so the
+conversion can be one pass: each data range is read once (it is still in the page cache from
+staging), hashed, and copied into the output by the kernel on a helper thread; each zero range
+is hashed from a zero buffer and left as a hole. That replaces ``qemu-img convert`` followed
+by a second read of its output to hash it.
+
+qemu-img still does every bit of parsing of the image (``map`` runs sandboxed like every qemu
+call, on a file the inspector accepted): this module only reads byte ranges of a file the
+pipeline wrote. Whatever it cannot account for — a compressed or encrypted range (no offset),
+a range past the end of the file, a gap, a map longer than its cap — makes :func:`plan` say
+None, and the caller converts with ``qemu-img convert`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imageport.errors import StagingLost
+from imageport.pipeline.data.copier import KernelCopier
+from imageport.pipeline.data.hashing import Digests, MultiHasher
+
+#: Source formats whose ``qemu-img map`` offsets are offsets in the image file itself. Others
+#: (a VMDK's extents, for one) are converted by ``qemu-img convert``.
+FORMATS = frozenset({"qcow2"})
+
+
+@dataclass(frozen=True)
+class Run:
+    """A guest range: its bytes at ``offset`` in the image file, or zeros (``offset`` None)."""
+
+    start: int
+    length: int
+    offset: int | None
+
+
+def plan(extents: Sequence[dict[str, Any]], virtual_size: int, file_size: int) -> list[Run] | None:
+    """The runs that make up the guest, in order, or None when qemu-img must read some part.
+
+    Args:
+        extents: ``qemu-img map --output=json`` as parsed.
+        virtual_size: the guest size the inspector and ``qemu-img info`` agreed on.
+        file_size: the size of the image file the offsets point into.
+    """
+    runs: list[Run] = []
+    pos = 0
+    for extent in extents:
+        run = _run(extent, pos, file_size)
+        if run is None:
+            return None
+        last = runs[-1] if runs else None
+        if last is not None and last.offset is None and run.offset is None:
+            runs[-1] = Run(last.start, last.length + run.length, None)  # one hole, not many
+        else:
+            runs.append(run)
+        pos += run.length
+    return runs if pos == virtual_size else None
+
+
+def _run(extent: dict[str, Any], pos: int, file_size: int) -> Run | None:
+    start, length = extent.get("start"), extent.get("length")
+    if type(start) is not int or type(length) is not int or start != pos or length <= 0:
+        return None  # out of order, overlapping or malformed: not ours to interpret
+    if extent.get("compressed") or extent.get("depth", 0) != 0:
+        return None  # compressed clusters need qemu's decoder; depth > 0 would be a backing file
+    if not extent.get("data"):
+        # Unallocated (no backing file: the chain is cut) or a zero cluster: reads as zeros.
+        return Run(start, length, None) if extent.get("zero") else None
+    offset = extent.get("offset")
+    if type(offset) is not int or offset < 0 or offset + length > file_size:
+        return None  # no offset (encrypted or compressed data) or past the file's end
+    return Run(start, length, offset)
+
+
+def data_bytes(runs: Sequence[Run]) -> int:
+    """How many bytes of the guest are read from the image file."""
+    return sum(r.length for r in runs if r.offset is not None)
+
+
+def write_raw(
+    source: Path,
+    runs: Sequence[Run],
+    target: Path,
+    hasher: MultiHasher,
+    buffer: bytearray,
+    progress: Callable[[int], None],
+) -> Digests:
+    """Write the guest described by ``runs`` to ``target`` as a sparse raw file; hash it.
+
+    ``progress`` is called with the guest bytes done after every chunk; it may raise to stop
+    (cancel, shutdown): the partial ``target`` is the caller's to remove.
+    """
+    view = memoryview(buffer)
+    zeros = memoryview(bytes(len(buffer)))
+    done = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    copier = KernelCopier(source, fd)
+    try:
+        with source.open("rb", buffering=0) as handle:
+            src = handle.fileno()
+            for run in runs:
+                end = run.start + run.length
+                while done < end:
+                    n = min(len(view), end - done)
+                    if run.offset is None:
+                        hasher.update(zeros[:n])  # a hole: hashed, never written
+                    else:
+                        at = run.offset + done - run.start
+                        got = os.preadv(src, [view[:n]], at)
+                        if got != n:
+                            raise StagingLost("the staged file shrank while it was converted")
+                        # The kernel copies the non-zero blocks while both hashes run here.
+                        copier.copy(view[:n], at, to=done)
+                        hasher.update(view[:n])
+                    done += n
+                    progress(done)
+        copier.finish()
+        os.ftruncate(fd, done)
+    finally:
+        copier.close()
+        os.close(fd)
+    return hasher.digests()

@@ -1,0 +1,162 @@
+"""qcow2 to raw written from ``qemu-img map`` in one pass: the same bytes as qemu-img convert.
+
+Every case imports a real qcow2 through the pipeline and compares the stored file, its
+``checksum``, ``os_hash_value``, ``size`` and ``virtual_size`` with what ``qemu-img convert -O
+raw`` makes of the same file; the convert stage's output says which path wrote it. The
+layouts a one-pass reader could get wrong are here: cluster sizes from 512 bytes to 2 MiB, a
+virtual size that is not a whole number of clusters, zero clusters, data clusters full of
+zeros, host clusters in reverse guest order, compat 0.10, and the cases that must fall back to
+qemu-img convert (compressed clusters, a map past its cap).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from imageport.pipeline import runner
+from imageport.pipeline.methods.submit import submit_import
+from imageport.pipeline.request import ImportRequest
+from imageport.pipeline.safety import qemu
+from imageport.records import TaskStatus, repository, serialize
+from images import MIB, file_digests, leftover_files, stored_path
+
+
+def _qcow2(path, size, writes, *options):
+    """A qcow2 of ``size`` bytes made by qemu-io ``writes`` (e.g. ``write -P 7 0 1M``)."""
+    create = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if options:
+        create += ["-o", ",".join(options)]
+    subprocess.run([*create, str(path), str(size)], check=True)
+    if writes:
+        args = [a for w in writes for a in ("-c", w)]
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", *args, str(path)], check=True, stdout=subprocess.DEVNULL
+        )
+    return path
+
+
+def _reference(path, tmp_path):
+    out = tmp_path / "reference.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(path), str(out)], check=True
+    )
+    return out
+
+
+def _import(services, src):
+    request = ImportRequest(
+        method="local-file", source=str(src), disk_format="qcow2", target_format="raw"
+    )
+    submitted = submit_import(services, request, name="mapped")
+    outcome = runner.run_import(services, submitted.task_id)
+    assert outcome.status == TaskStatus.SUCCESS, outcome
+    with services.db.session() as session:
+        image = serialize.image_to_dict(
+            repository.get_image(session, submitted.image_id), admin=True
+        )
+        runs = repository.stage_runs(session, submitted.task_id)
+        outputs = {r.stage: r.output for r in runs}
+    return image, outputs
+
+
+CASES = {
+    "contiguous data and holes": (64 * MIB, ["write -P 0x55 0 3M", "write -P 0xaa 40M 5M"], ()),
+    "512-byte clusters": (
+        8 * MIB,
+        ["write -P 1 0 100k", "write -P 2 3M 1537k"],
+        ("cluster_size=512",),
+    ),
+    "2 MiB clusters": (32 * MIB, ["write -P 3 1M 3M", "write -P 4 20M 64k"], ("cluster_size=2M",)),
+    "virtual size not a whole cluster": (
+        10 * MIB + 512,
+        ["write -P 8 0 64k", "write -P 9 10M 512"],
+        (),
+    ),
+    "zero clusters and zero-filled data": (
+        16 * MIB,
+        ["write -P 1 0 4M", "write -z 1M 1M", "write -P 0 6M 2M", "write -P 2 9M 1M"],
+        (),
+    ),
+    "host order reversed": (
+        16 * MIB,
+        [f"write -P {i} {i}M 512k" for i in range(15, 0, -1)],
+        (),
+    ),
+    "compat 0.10": (8 * MIB, ["write -P 4 1M 2M"], ("compat=0.10",)),
+    "empty": (8 * MIB, [], ()),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_mapped_output_is_qemu_img_converts(name, services, settings, tmp_path):
+    size, writes, options = CASES[name]
+    src = _qcow2(tmp_path / "disk.qcow2", size, writes, *options)
+    reference = _reference(src, tmp_path)
+
+    image, outputs = _import(services, src)
+
+    assert outputs["convert"]["mapped"] is True
+    stored = stored_path(image["locations"][0]["url"])
+    assert stored.read_bytes() == reference.read_bytes()
+    md5, sha512 = file_digests(reference)
+    assert (image["checksum"], image["os_hash_value"]) == (md5, sha512)
+    assert image["size"] == image["virtual_size"] == reference.stat().st_size == size
+    # Holes stay holes: the stored file allocates no more than qemu-img's own output.
+    assert stored.stat().st_blocks <= reference.stat().st_blocks + 2 * 128
+    # The source was not hashed: nobody declared a digest and it is not what is stored.
+    assert outputs["stage"]["md5"] is None
+    assert leftover_files(settings.resolved_scratch_dir) == []
+
+
+def test_compressed_clusters_go_through_qemu_img_convert(services, tmp_path):
+    plain = _qcow2(
+        tmp_path / "plain.qcow2", 16 * MIB, ["write -P 0x31 0 2M", "write -P 0x32 8M 1M"]
+    )
+    src = tmp_path / "disk.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", str(plain), str(src)],
+        check=True,
+    )
+    reference = _reference(src, tmp_path)
+
+    image, outputs = _import(services, src)
+
+    assert outputs["convert"]["mapped"] is False
+    assert outputs["convert"]["md5"] is None  # hashed by the copy stage instead
+    assert image["checksum"] == file_digests(reference)[0]
+    assert stored_path(image["locations"][0]["url"]).read_bytes() == reference.read_bytes()
+
+
+def test_a_map_past_its_cap_goes_through_qemu_img_convert(services, tmp_path, monkeypatch):
+    # Every other 64 KiB cluster written: one map line per cluster.
+    writes = [f"write -P 9 {i * 128}k 64k" for i in range(64)]
+    src = _qcow2(tmp_path / "disk.qcow2", 8 * MIB, writes)
+    monkeypatch.setattr(qemu, "MAP_OUTPUT_LIMIT", 2048)
+    reference = _reference(src, tmp_path)
+
+    image, outputs = _import(services, src)
+
+    assert outputs["convert"]["mapped"] is False
+    assert image["checksum"] == file_digests(reference)[0]
+
+
+def test_a_declared_checksum_is_still_verified(services, tmp_path):
+    src = _qcow2(tmp_path / "disk.qcow2", 8 * MIB, ["write -P 3 0 1M"])
+    md5, _ = file_digests(src)
+    request = ImportRequest(
+        method="local-file",
+        source=str(src),
+        disk_format="qcow2",
+        target_format="raw",
+        checksum="0" * 32,
+    )
+    submitted = submit_import(services, request, name="declared")
+    assert runner.run_import(services, submitted.task_id).status == TaskStatus.FAILURE
+    with services.db.session() as session:
+        assert repository.get_task(session, submitted.task_id).error_code == "checksum_mismatch"
+
+    request = request.model_copy(update={"checksum": md5})
+    submitted = submit_import(services, request, name="declared")
+    assert runner.run_import(services, submitted.task_id).status == TaskStatus.SUCCESS
