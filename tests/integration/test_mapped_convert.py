@@ -160,3 +160,28 @@ def test_a_declared_checksum_is_still_verified(services, tmp_path):
     request = request.model_copy(update={"checksum": md5})
     submitted = submit_import(services, request, name="declared")
     assert runner.run_import(services, submitted.task_id).status == TaskStatus.SUCCESS
+
+
+def test_a_dynamic_vhd_is_written_from_its_map_too(services, tmp_path):
+    plain = _qcow2(tmp_path / "plain.qcow2", 16 * MIB, ["write -P 0x41 1M 3M", "write -P 2 12M 1M"])
+    src = tmp_path / "disk.vhd"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "vpc", str(plain), str(src)], check=True
+    )
+    reference = tmp_path / "reference.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(src), str(reference)], check=True
+    )
+    request = ImportRequest(
+        method="local-file", source=str(src), disk_format="vhd", target_format="raw"
+    )
+    submitted = submit_import(services, request, name="vhd")
+    assert runner.run_import(services, submitted.task_id).status == TaskStatus.SUCCESS
+    with services.db.session() as session:
+        image = serialize.image_to_dict(
+            repository.get_image(session, submitted.image_id), admin=True
+        )
+        runs = {r.stage: r.output for r in repository.stage_runs(session, submitted.task_id)}
+    assert runs["convert"]["mapped"] is True
+    assert stored_path(image["locations"][0]["url"]).read_bytes() == reference.read_bytes()
+    assert image["checksum"] == file_digests(reference)[0]

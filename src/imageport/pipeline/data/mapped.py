@@ -28,9 +28,10 @@ from imageport.errors import StagingLost
 from imageport.pipeline.data.copier import KernelCopier
 from imageport.pipeline.data.hashing import Digests, MultiHasher
 
-#: Source formats whose ``qemu-img map`` offsets are offsets in the image file itself. Others
-#: (a VMDK's extents, for one) are converted by ``qemu-img convert``.
-FORMATS = frozenset({"qcow2"})
+#: Source formats (Image API names) whose ``qemu-img map`` offsets always point into the
+#: image file itself. A VMDK's may point into another extent file (qemu 7.2's JSON map does
+#: not name the file) and VHDX maps give no offsets: both go through ``qemu-img convert``.
+FORMATS = frozenset({"qcow2", "vhd"})
 
 
 @dataclass(frozen=True)
