@@ -21,7 +21,6 @@ from imageport.pipeline import ImportRequest, Services, run_import, stage_names
 from imageport.records import ImageStatus, TaskStatus, repository
 from imageport.records.reserved import IMPORTING_TO_STORES
 from imageport.workers.reaper import reap
-from imageport.workers.supervisor import supervise
 
 CANCEL_WAIT_SECONDS = 60.0  # how long `cancel` waits for the worker to stop the job
 
@@ -54,6 +53,10 @@ def worker_command(
         raise typer.Exit(2)
     with errors_to_exit(), services(conf):
         pass  # fail fast on a bad configuration, before any process starts
+    # Imported here: the supervisor brings the metrics server and the broker clients, which
+    # no other command needs.
+    from imageport.workers.supervisor import supervise  # noqa: PLC0415
+
     code = supervise(
         conf,
         processes=processes,
@@ -109,10 +112,11 @@ def retry_command(
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
         _reopen(svc, task_id, from_stage)
-        with Enqueuer(svc) as actors:
+        enqueuer = Enqueuer(svc)
+        with enqueuer as actors:
             actors.enqueue_import(task_id)
             if conf.is_embedded:
-                status = wait_for_task(svc, task_id, show=True)
+                status = wait_for_task(svc, task_id, show=True, processed=enqueuer.processed)
                 raise typer.Exit(0 if status == TaskStatus.SUCCESS else EXIT_FAILED)
         typer.echo(f"task {task_id} queued again")
 

@@ -7,9 +7,7 @@ import math
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from imageport.api import create_app
 from imageport.cli.common import EXIT_USAGE, settings
 
 KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this
@@ -36,6 +34,12 @@ def api_command(
             err=True,
         )
         raise typer.Exit(EXIT_USAGE)
+    # Imported here, not at the top: every other command would pay for loading the web stack
+    # (about half a second), an `imageport import` included.
+    import uvicorn  # noqa: PLC0415
+
+    from imageport.api import create_app  # noqa: PLC0415
+
     app = create_app(conf)
     uvicorn.run(
         app,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
 
 import typer
@@ -33,6 +34,11 @@ class Enqueuer:
             return self._embedded.actors
         return declare_actors(build_broker(self._svc.settings), lambda: self._svc)
 
+    @property
+    def processed(self) -> threading.Event | None:
+        """The embedded worker's "a job message was processed" event (None: shared broker)."""
+        return self._embedded.processed if self._embedded is not None else None
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -52,13 +58,16 @@ def run_job(
     worker, so it still finishes the job before it exits.
     """
     ids = {"image_id": submitted.image_id, "task_id": submitted.task_id}
-    with Enqueuer(svc) as actors:
+    enqueuer = Enqueuer(svc)
+    with enqueuer as actors:
         actors.enqueue_import(submitted.task_id)
         if no_wait:
             print_json(ids)
             if not svc.settings.is_embedded:
                 return
-        status = wait_for_task(svc, submitted.task_id, show=not no_wait)
+        status = wait_for_task(
+            svc, submitted.task_id, show=not no_wait, processed=enqueuer.processed
+        )
     if no_wait:
         return
     with svc.db.session() as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from rich.progress import (
@@ -22,8 +23,18 @@ POLL_INTERVAL = 0.25  # seconds between two reads of the task's stage runs
 _FINISHED = (TaskStatus.SUCCESS, TaskStatus.FAILURE)
 
 
-def wait_for_task(services: Services, task_id: str, *, show: bool) -> TaskStatus:
-    """Poll the task until it succeeds or fails; draw one progress row per stage on stderr."""
+def wait_for_task(
+    services: Services,
+    task_id: str,
+    *,
+    show: bool,
+    processed: threading.Event | None = None,
+) -> TaskStatus:
+    """Poll the task until it succeeds or fails; draw one progress row per stage on stderr.
+
+    ``processed`` (the embedded worker's) is set when a job message was processed: the poll
+    then reads the task at once instead of sleeping out its interval.
+    """
     with Progress(
         TextColumn("{task.description:<8}"),
         BarColumn(),
@@ -51,4 +62,7 @@ def wait_for_task(services: Services, task_id: str, *, show: bool) -> TaskStatus
                     bars.update(rows[name], completed=done, total=total, state=run.status)
             if status in _FINISHED:
                 return status
-            time.sleep(POLL_INTERVAL)
+            if processed is None:
+                time.sleep(POLL_INTERVAL)
+            elif processed.wait(POLL_INTERVAL):
+                processed.clear()

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Self
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 
 from imageport.pipeline import Services
 from imageport.workers.actors import Actors, declare_actors
@@ -26,6 +27,9 @@ class EmbeddedWorker:
     def __init__(self, services: Services, *, threads: int = 1, reaper: bool = False) -> None:
         self.broker = build_broker(services.settings)
         self.actors: Actors = declare_actors(self.broker, lambda: services)
+        #: Set whenever a job message was processed: a waiter wakes at once, not at its poll.
+        self.processed = threading.Event()
+        self.broker.add_middleware(_Processed(self.processed))
         self._worker = dramatiq.Worker(
             self.broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT_MS
         )
@@ -55,3 +59,27 @@ class EmbeddedWorker:
     ) -> None:
         self._stop.set()
         self._worker.stop()
+
+
+class _Processed(dramatiq.Middleware):
+    """Sets an event after each message, whatever its outcome (dramatiq's hook signatures)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,  # noqa: ARG002
+        message: MessageProxy,  # noqa: ARG002
+        *,
+        result: object = None,  # noqa: ARG002
+        exception: BaseException | None = None,  # noqa: ARG002
+    ) -> None:
+        self._event.set()
+
+    def after_skip_message(
+        self,
+        broker: dramatiq.Broker,  # noqa: ARG002
+        message: MessageProxy,  # noqa: ARG002
+    ) -> None:
+        self._event.set()
