@@ -1,49 +1,92 @@
 #!/usr/bin/env python3
-"""Headline benchmark: import a qcow2 as raw, against the floor of doing the same by hand.
+"""Headline benchmark: a qcow2 imported as raw, through the CLI and the API, vs the hash floor.
 
 The source is a 4 GiB (virtual) qcow2 holding 1 GiB of random data, built once by
-scripts/make_sample.sh under the work directory and reused. Each round runs, in this order:
+scripts/make_sample.sh under the work directory and reused (issue 17). Once per run, before the
+rounds, ``qemu-img convert -f qcow2 -O raw`` makes the reference output; its MD5 and SHA-512
+are what every import must end with. Each round then measures, in an order that rotates from
+round to round (so no variant always runs first or after the same neighbour):
 
-* the floor: the least work any importer must do for the same result --
-  copy the source into a staging file with ``os.copy_file_range``; hash the staged file with
-  MD5 and SHA-512 (one thread per hash over the same reused buffer); ``qemu-img convert
-  -f qcow2 -O raw -t none -m 16 -W`` into the output file; hash the output the same way.
-  By default (``--floor-hash sparse``) holes found with SEEK_DATA/SEEK_HOLE are hashed from a
-  reused buffer of zeros instead of being read, as imageport does; ``--floor-hash read`` reads
-  every byte (on the 2-core VMs that costs ~3x more on a 4 GiB output with 1 GiB of data);
-* imageport: ``imageport import SRC --disk-format qcow2 --target-format raw --json`` in a
-  fresh ``IMAGEPORT_DATA_DIR``; it must exit 0 with an active image whose checksum equals the
-  floor's output MD5.
+* ``hash_floor``: MD5 and SHA-512 of the reference output, MD5 on the calling thread and SHA-512
+  on a helper thread over the same reused 8 MiB buffers, as imageport's MultiHasher does; the
+  holes (SEEK_DATA/SEEK_HOLE) are hashed from a reused buffer of zeros, never read. The one
+  piece of work no import can avoid, so the yardstick of the two import paths;
+* ``cli``: ``imageport import SRC --disk-format qcow2 --target-format raw --json`` in a fresh
+  ``IMAGEPORT_DATA_DIR`` (embedded mode: SQLite, file store, in-process worker); wall time;
+  it must end active with the floor's MD5 and SHA-512;
+* ``api``: glance-direct over HTTP against ``imageport api`` on 127.0.0.1 (noauth, embedded
+  defaults: with the default ``memory://`` broker the API process runs the import itself, no
+  ``imageport worker`` is needed) in a fresh data dir with ``IMAGEPORT_TARGET_FORMAT=raw``:
+  ``POST /v2/images``, ``PUT /v2/images/ID/stage`` with the file, ``POST
+  /v2/images/ID/import`` (glance-direct), then ``GET /v2/images/ID`` every 0.1 s until
+  active; stage, import (POST import to active) and end to end (POST images to active) times;
+* ``plain_write``: the same HTTP client sends the same file to a sink on 127.0.0.1 with the
+  API's server stack (uvicorn, bench/upload_sink.py) whose app only writes each body chunk to
+  a file: what ``PUT /stage`` is compared with.
 
-Both run in fresh temporary directories under the work directory (the source's file system);
-nothing is dropped from the page cache: the source is read once before the first round so both
-start from the same warm source, and each round's own files are new. Wall time is measured
-with ``time.perf_counter`` around each. One JSON document goes to stdout, progress to stderr.
+The HTTP client of both PUTs is ``curl -T`` when curl is installed (it was the faster and
+steadier of the two here: ~4.0 s vs ~5.9 s median for 1 GiB to the sink), else an httpx
+client streaming the file in 1 MiB chunks (``--client`` picks one); the JSON names it.
+
+Ratios (per round, then medians): ``cli_ratio`` = cli / hash_floor and ``api_ratio`` = api end
+to end / hash_floor (goal <= 1.3 each), ``stage_vs_plain`` = stage / plain_write seconds (goal
+<= 1.0). Peak RSS: of the imageport process of the CLI (VmHWM, polled while it runs) and of the
+API process (its VmHWM reset through /proc/PID/clear_refs before the stage and again before the
+import, so stage and import peaks are told apart: in embedded mode the API process is the
+worker); qemu-img and any other child is sampled separately. Goal: worker peak < 200 MiB.
+
+Nothing is dropped from the page cache: the source and the reference output are read once
+before round 1, so every variant starts from a warm source. Each variant writes new files in a
+fresh temporary directory on the work directory's file system; they are removed and the file
+systems synced (untimed) after each variant, so no variant pays for another's writeback.
+``--old-floor`` adds the previous headline's floor (copy_file_range into staging, hash it,
+``qemu-img convert -t none -m 16 -W``, hash the output) as one more variant.
+
+One JSON document goes to stdout, progress to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import shlex
 import shutil
+import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Self
+
+import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 MAKE_SAMPLE = REPO / "scripts" / "make_sample.sh"
-CHUNK = 8 << 20
+SINK = Path(__file__).resolve().parent / "upload_sink.py"
+CHUNK = 8 << 20  # hashing buffer, as imageport's chunk_size
+UPLOAD_CHUNK = 1 << 20  # bytes per request-body chunk the httpx client sends
 COPY_CHUNK = 1 << 30
-TARGET_RATIO = 1.2
-FLOOR_CONVERT = ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-t", "none", "-m", "16", "-W"]
+MIB = 1 << 20
+SAMPLE_SECONDS = 0.1  # RSS sampling and status polling period
+IMPORT_TIMEOUT = 900.0
+GOAL_RATIO = 1.3
+GOAL_STAGE_VS_PLAIN = 1.0
+GOAL_WORKER_RSS_MIB = 200
+CONVERT = ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-t", "none", "-m", "16", "-W"]
+VARIANTS = ("hash_floor", "cli", "api", "plain_write")
 
 
 def log(msg: str) -> None:
@@ -51,9 +94,9 @@ def log(msg: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    p.add_argument("--keep", action="store_true", help="keep each round's temporary dirs")
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    p.add_argument("--keep", action="store_true", help="keep temporary dirs (and server logs)")
     p.add_argument(
         "--work-dir",
         type=Path,
@@ -65,23 +108,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=str(REPO / ".venv" / "bin" / "imageport"),
         help="command that runs imageport (shell-quoted; default .venv/bin/imageport)",
     )
-    p.add_argument("--floor-only", action="store_true", help="measure only the floor")
     p.add_argument(
-        "--floor-hash",
-        choices=["sparse", "read"],
-        default="sparse",
-        help="floor hashing: 'sparse' hashes holes from a zero buffer without reading them "
-        "(what imageport does, the default); 'read' reads every byte through the page cache",
+        "--only",
+        default=",".join(VARIANTS),
+        help=f"comma-separated variants to run (default all: {','.join(VARIANTS)})",
     )
+    p.add_argument(
+        "--client",
+        choices=["httpx", "curl"],
+        default=None,
+        help="HTTP client for PUT /stage and plain_write: curl -T (the default when curl is "
+        "installed: the faster of the two here) or httpx streaming the file in 1 MiB chunks",
+    )
+    p.add_argument("--old-floor", action="store_true", help="also run the previous floor")
     p.add_argument("--virtual-size", default="4G", help="sample virtual size (default 4G)")
     p.add_argument("--data-mib", type=int, default=1024, help="sample data MiB (default 1024)")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    args.variants = [v.strip() for v in args.only.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or not args.variants:
+        p.error(f"--only: choose among {', '.join(VARIANTS)}")
+    if args.client is None:
+        args.client = "curl" if shutil.which("curl") else "httpx"
+    if args.client == "curl" and shutil.which("curl") is None:
+        p.error("--client curl: curl not found")
+    if args.old_floor:
+        args.variants.append("old_floor")
     return args
 
 
-# --- source ---------------------------------------------------------------------------------
+# --- source and reference output ------------------------------------------------------------
 
 
 def qemu_json(*args: str) -> object:
@@ -97,33 +155,14 @@ def make_source(work_dir: Path, virtual_size: str, data_mib: int) -> tuple[Path,
         stdout=sys.stderr,
     )
     info = qemu_json("info", "-f", "qcow2", "--output=json", str(src))
-    extents = qemu_json("map", "-f", "qcow2", "--output=json", str(src))
+    runs = qemu_json("map", "-f", "qcow2", "--output=json", str(src))
     assert isinstance(info, dict)
-    assert isinstance(extents, list)
+    assert isinstance(runs, list)
     return src, {
         "virtual_size": int(info["virtual-size"]),
-        "data_bytes": sum(int(e["length"]) for e in extents if e["data"]),
+        "data_bytes": sum(int(e["length"]) for e in runs if e["data"]),
         "file_bytes": src.stat().st_size,
     }
-
-
-def warm(path: Path) -> None:
-    """Read path once so every variant starts from the same (cached) source."""
-    buf = bytearray(CHUNK)
-    with path.open("rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
-
-
-# --- floor ----------------------------------------------------------------------------------
-
-
-def copy_file(src: Path, dst: Path) -> int:
-    copied = 0
-    with src.open("rb") as fin, dst.open("wb") as fout:
-        while n := os.copy_file_range(fin.fileno(), fout.fileno(), COPY_CHUNK):
-            copied += n
-    return copied
 
 
 def extents(fd: int, size: int) -> list[tuple[int, int, bool]]:
@@ -145,8 +184,40 @@ def extents(fd: int, size: int) -> list[tuple[int, int, bool]]:
     return runs
 
 
+def warm(path: Path) -> int:
+    """Read the data extents of path once (page cache); returns the bytes read."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    done = 0
+    with path.open("rb", buffering=0) as f:
+        fd = f.fileno()
+        for offset, length, is_data in extents(fd, os.fstat(fd).st_size):
+            if not is_data:
+                continue
+            f.seek(offset)
+            left = length
+            while left and (n := f.readinto(view[: min(left, CHUNK)])):
+                left -= n
+                done += n
+    return done
+
+
+def make_reference(src: Path, out: Path) -> dict[str, int]:
+    """The output every import must reproduce: qemu-img convert -O raw of the source."""
+    subprocess.run([*CONVERT, str(src), str(out)], check=True)
+    with out.open("rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        data = sum(length for _, length, is_data in extents(fd, size) if is_data)
+    warm(out)
+    return {"size": size, "data_bytes": data}
+
+
+# --- hash floor -----------------------------------------------------------------------------
+
+
 def hash_file(
-    path: Path, pool: concurrent.futures.ThreadPoolExecutor, *, sparse: bool
+    path: Path, pool: concurrent.futures.ThreadPoolExecutor, *, sparse: bool = True
 ) -> tuple[str, str]:
     """MD5 on this thread, SHA-512 on the pool's thread, over the same reused buffer.
 
@@ -154,8 +225,7 @@ def hash_file(
     """
     md5 = hashlib.md5(usedforsecurity=False)
     sha512 = hashlib.sha512()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+    view = memoryview(bytearray(CHUNK))
     zeros = memoryview(bytes(CHUNK))
 
     def both(chunk: memoryview) -> None:
@@ -183,60 +253,413 @@ def hash_file(
     return md5.hexdigest(), sha512.hexdigest()
 
 
-def run_floor(
-    src: Path, tmp: Path, pool: concurrent.futures.ThreadPoolExecutor, *, sparse: bool
-) -> dict:
-    staged = tmp / "staged"
-    out = tmp / "out.raw"
+def run_hash_floor(ref: Path, pool: concurrent.futures.ThreadPoolExecutor, want: dict) -> dict:
     t0 = time.perf_counter()
-    copy_file(src, staged)
+    md5, sha512 = hash_file(ref, pool)
+    seconds = time.perf_counter() - t0
+    if md5 != want["md5"] or sha512 != want["sha512"]:
+        raise SystemExit(f"headline: hash floor digests changed between rounds ({md5})")
+    return {"seconds": seconds}
+
+
+def run_old_floor(src: Path, tmp: Path, pool: concurrent.futures.ThreadPoolExecutor) -> dict:
+    """The previous headline's floor: stage by copy, hash it, convert, hash the output."""
+    staged, out = tmp / "staged", tmp / "out.raw"
+    t0 = time.perf_counter()
+    with src.open("rb") as fin, staged.open("wb") as fout:
+        while os.copy_file_range(fin.fileno(), fout.fileno(), COPY_CHUNK):
+            pass
     t1 = time.perf_counter()
-    hash_file(staged, pool, sparse=sparse)
+    hash_file(staged, pool)
     t2 = time.perf_counter()
-    subprocess.run([*FLOOR_CONVERT, str(staged), str(out)], check=True)
+    subprocess.run([*CONVERT, str(staged), str(out)], check=True)
     t3 = time.perf_counter()
-    md5, sha512 = hash_file(out, pool, sparse=sparse)
+    hash_file(out, pool)
     t4 = time.perf_counter()
-    phases = {
-        "copy_s": t1 - t0,
-        "hash_staged_s": t2 - t1,
-        "convert_s": t3 - t2,
-        "hash_output_s": t4 - t3,
-    }
-    return {"seconds": t4 - t0, "phases": phases, "md5": md5, "sha512": sha512}
+    phases = {"copy": t1 - t0, "hash_staged": t2 - t1, "convert": t3 - t2, "hash_output": t4 - t3}
+    return {"seconds": t4 - t0, "phases": {k: round(v, 3) for k, v in phases.items()}}
 
 
-# --- imageport ------------------------------------------------------------------------------
+# --- memory ---------------------------------------------------------------------------------
 
 
-def run_imageport(cmd: list[str], src: Path, tmp: Path, floor: dict) -> float:
-    env = dict(os.environ, IMAGEPORT_DATA_DIR=str(tmp / "data"))
+def vm_hwm(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of one process, in bytes; None once it is gone."""
+    try:
+        with Path(f"/proc/{pid}/status").open("rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def reset_hwm(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux clear_refs 5)."""
+    try:
+        with Path(f"/proc/{pid}/clear_refs").open("w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class RssWatch:
+    """Samples a process's VmHWM and its descendants' peaks while a block runs.
+
+    The process's own peak is its last VmHWM read (VmHWM never decreases); each descendant's
+    peak is its last VmHWM read before it exited, keyed by its command name.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self.children: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-watch", daemon=True)
+        self._proc = psutil.Process(pid)
+        self._name = self._proc.name()
+
+    def _sample(self) -> None:
+        own = vm_hwm(self.pid)
+        if own is not None:
+            self.peak = max(self.peak, own)
+        try:
+            kids = self._proc.children(recursive=True)
+        except psutil.Error:
+            return
+        for kid in kids:
+            hwm = vm_hwm(kid.pid)
+            try:
+                name = kid.name()
+            except psutil.Error:
+                continue
+            if hwm is None or name == self._name:  # gone, or forked and not yet exec'd
+                continue
+            self.children[name] = max(self.children.get(name, 0), hwm)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self._sample()
+
+    def __enter__(self) -> Self:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> dict[str, object]:
+        return {
+            "peak_rss_mib": mib(self.peak),
+            "children_peak_rss_mib": {k: mib(v) for k, v in sorted(self.children.items())},
+        }
+
+
+def mib(n: float) -> float:
+    return round(n / MIB, 1)
+
+
+# --- imageport: CLI -------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPORT_")}
+    env.update(extra)
+    return env
+
+
+def check_image(image: dict, want: dict, problems: list[str]) -> None:
+    if image.get("status") != "active":
+        problems.append(f"status {image.get('status')!r}, expected 'active'")
+    if image.get("checksum") != want["md5"]:
+        problems.append(f"checksum {image.get('checksum')!r} != floor MD5 {want['md5']}")
+    if image.get("os_hash_algo") != "sha512" or image.get("os_hash_value") != want["sha512"]:
+        problems.append(
+            f"os_hash {image.get('os_hash_algo')}:{str(image.get('os_hash_value'))[:16]}… "
+            "!= floor SHA-512"
+        )
+    if image.get("size") != want["size"] or image.get("virtual_size") != want["size"]:
+        problems.append(
+            f"size {image.get('size')} / virtual_size {image.get('virtual_size')} "
+            f"!= the reference output's {want['size']}"
+        )
+
+
+def run_cli(cmd: list[str], src: Path, tmp: Path, want: dict) -> dict:
+    env = clean_env(IMAGEPORT_DATA_DIR=str(tmp / "data"))
     argv = [*cmd, "import", str(src), "--disk-format", "qcow2", "--target-format", "raw"]
     argv.append("--json")
     stderr_path = tmp / "imageport.stderr"
     with stderr_path.open("wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=err, check=False)
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err)
+        with RssWatch(proc.pid) as watch:
+            stdout, _ = proc.communicate()
         seconds = time.perf_counter() - t0
-    problems = []
+    problems: list[str] = []
     if proc.returncode != 0:
         problems.append(f"exit status {proc.returncode}")
     try:
-        image = json.loads(proc.stdout)
+        image = json.loads(stdout)
     except ValueError:
         image = {}
-        problems.append(f"stdout is not JSON: {proc.stdout[:200]!r}")
-    if image.get("status") != "active":
-        problems.append(f"status {image.get('status')!r}, expected 'active'")
-    if image.get("checksum") != floor["md5"]:
-        problems.append(f"checksum {image.get('checksum')!r} != floor MD5 {floor['md5']}")
-    if image.get("os_hash_algo") == "sha512" and image.get("os_hash_value") != floor["sha512"]:
-        problems.append("os_hash_value differs from the floor's SHA-512")
+        problems.append(f"stdout is not JSON: {stdout[:200]!r}")
+    check_image(image, want, problems)
     if problems:
         tail = stderr_path.read_bytes()[-4000:].decode(errors="replace")
         log(f"imageport stderr (tail):\n{tail}")
-        raise SystemExit(f"headline: imageport run failed: {'; '.join(problems)}")
-    return seconds
+        raise SystemExit(f"headline: imageport import failed: {'; '.join(problems)}")
+    return {"seconds": seconds, **watch.report(), "stages_s": db_stages(tmp / "data")}
+
+
+# --- HTTP: client, servers ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, what: str, log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    tail = log_path.read_bytes()[-4000:].decode(errors="replace")
+    raise SystemExit(f"headline: {what} did not start; its log (tail):\n{tail}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Uploader:
+    """PUTs a file with one HTTP client: httpx streaming 1 MiB chunks, or ``curl -T``."""
+
+    def __init__(self, kind: str, path: Path) -> None:
+        self.kind = kind
+        self.path = path
+        self.size = path.stat().st_size
+
+    def describe(self) -> str:
+        if self.kind == "curl":
+            version = subprocess.run(
+                ["curl", "--version"], capture_output=True, text=True, check=False
+            ).stdout.split(" ")[:2]
+            return (
+                f"{' '.join(version)} -T FILE (Content-Length, no Expect: 100-continue), "
+                "one process per PUT"
+            )
+        return (
+            f"httpx {httpx.__version__} Client, body streamed from the file in 1 MiB chunks "
+            "with Content-Length"
+        )
+
+    def _chunks(self) -> Iterator[bytes]:
+        with self.path.open("rb", buffering=0) as f:
+            while piece := f.read(UPLOAD_CHUNK):
+                yield piece
+
+    def put(self, client: httpx.Client, url: str) -> tuple[float, int, str]:
+        """(seconds, status code, body excerpt) of one PUT of the whole file."""
+        if self.kind == "curl":
+            argv = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-T", str(self.path)]
+            argv += ["-H", "Expect:", "-H", "Content-Type: application/octet-stream", url]
+            t0 = time.perf_counter()
+            out = subprocess.run(argv, capture_output=True, check=False)
+            seconds = time.perf_counter() - t0
+            body, _, code = out.stdout.decode(errors="replace").rpartition("\n")
+            if out.returncode != 0:
+                return seconds, 0, out.stderr.decode(errors="replace")[:500]
+            return seconds, int(code or 0), body[:500]
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(self.size)}
+        t0 = time.perf_counter()
+        answer = client.put(url, content=self._chunks(), headers=headers)
+        seconds = time.perf_counter() - t0
+        return seconds, answer.status_code, answer.text[:500]
+
+
+class Sink:
+    """bench/upload_sink.py on 127.0.0.1, writing under a directory of its own."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="sink-", dir=work_dir))
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = self.dir / "sink.log"
+        argv = [sys.executable, str(SINK), "--dir", str(self.dir / "bodies"), "--port", str(port)]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        wait_healthy(self.proc, self.url, "upload sink", self.log)
+
+    def close(self, keep: bool) -> None:
+        stop(self.proc)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_plain_write(sink: Sink, uploader: Uploader, round_no: int) -> dict:
+    body = sink.dir / "bodies" / f"round{round_no}"
+    with httpx.Client(timeout=IMPORT_TIMEOUT) as client:
+        seconds, code, text = uploader.put(client, f"{sink.url}/round{round_no}")
+    if code != 204:
+        raise SystemExit(f"headline: plain write answered {code}: {text}")
+    written = body.stat().st_size
+    body.unlink()
+    if written != uploader.size:
+        raise SystemExit(f"headline: the sink wrote {written} bytes of {uploader.size}")
+    return {"seconds": seconds, "mib_per_s": round(uploader.size / MIB / seconds, 1)}
+
+
+# --- imageport: API -------------------------------------------------------------------------
+
+
+def image_get(client: httpx.Client, image_id: str) -> dict:
+    answer = client.get(f"/v2/images/{image_id}")
+    answer.raise_for_status()
+    image = answer.json()
+    assert isinstance(image, dict)
+    return image
+
+
+def run_api(cmd: list[str], uploader: Uploader, tmp: Path, want: dict) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = clean_env(
+        IMAGEPORT_DATA_DIR=str(tmp / "data"),
+        IMAGEPORT_TARGET_FORMAT="raw",
+        IMAGEPORT_AUTH_STRATEGY="noauth",
+    )
+    log_path = tmp / "api.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [*cmd, "api", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_healthy(proc, url, "imageport api", log_path)
+        return api_import(proc.pid, url, uploader, want, log_path, tmp / "data")
+    finally:
+        stop(proc)
+
+
+def api_import(
+    pid: int, url: str, uploader: Uploader, want: dict, log_path: Path, data_dir: Path
+) -> dict:
+    def fail(what: str) -> SystemExit:
+        tail = log_path.read_bytes()[-4000:].decode(errors="replace")
+        log(f"imageport api log (tail):\n{tail}")
+        return SystemExit(f"headline: api import failed: {what}")
+
+    baseline = psutil.Process(pid).memory_info().rss
+    with httpx.Client(base_url=url, timeout=IMPORT_TIMEOUT) as client:
+        t0 = time.perf_counter()
+        answer = client.post(
+            "/v2/images",
+            json={"name": "headline", "disk_format": "qcow2", "container_format": "bare"},
+        )
+        if answer.status_code != 201:
+            raise fail(f"POST /v2/images answered {answer.status_code}: {answer.text[:500]}")
+        image_id = answer.json()["id"]
+        reset_hwm(pid)
+        with RssWatch(pid) as stage_watch:
+            seconds, code, text = uploader.put(client, f"{url}/v2/images/{image_id}/stage")
+        if code != 204:
+            raise fail(f"PUT /stage answered {code}: {text}")
+        reset_hwm(pid)
+        with RssWatch(pid) as import_watch:
+            t3 = time.perf_counter()
+            answer = client.post(
+                f"/v2/images/{image_id}/import", json={"method": {"name": "glance-direct"}}
+            )
+            if answer.status_code != 202:
+                raise fail(f"POST /import answered {answer.status_code}: {answer.text[:500]}")
+            image, polls = wait_active(client, image_id, fail)
+            t4 = time.perf_counter()
+        problems: list[str] = []
+        check_image(image, want, problems)
+        if problems:
+            raise fail("; ".join(problems))
+    stage = stage_watch.report()
+    work = import_watch.report()
+    return {
+        "stage_s": seconds,
+        "import_s": t4 - t3,
+        "end_to_end_s": t4 - t0,
+        "stage_mib_per_s": round(uploader.size / MIB / seconds, 1),
+        "polls": polls,
+        "baseline_rss_mib": mib(baseline),
+        "stage_peak_rss_mib": stage["peak_rss_mib"],
+        "import_peak_rss_mib": work["peak_rss_mib"],
+        "import_children_peak_rss_mib": work["children_peak_rss_mib"],
+        "stages_s": db_stages(data_dir),
+    }
+
+
+def wait_active(
+    client: httpx.Client, image_id: str, fail: Callable[[str], SystemExit]
+) -> tuple[dict, int]:
+    """GET the image every SAMPLE_SECONDS until active: (its record, number of GETs)."""
+    deadline = time.perf_counter() + IMPORT_TIMEOUT
+    polls = 0
+    while True:
+        image = image_get(client, image_id)
+        polls += 1
+        status = image.get("status")
+        if status == "active":
+            return image, polls
+        if status not in ("importing", "uploading", "queued") or (
+            status == "queued"
+            and (image.get("os_glance_failed_import") or "os_glance_import_task" not in image)
+        ):
+            raise fail(f"image went {status}: {json.dumps(image)[:1000]}")
+        if time.perf_counter() > deadline:
+            raise fail(f"still {status} after {IMPORT_TIMEOUT:.0f} s")
+        time.sleep(SAMPLE_SECONDS)
+
+
+def db_stages(data_dir: Path) -> dict[str, float] | None:
+    """Seconds per stage run of the import, from the embedded SQLite database (read-only).
+
+    Keys are ``stage`` (``stage#N`` for a retry); None when the records cannot be read.
+    """
+    path = data_dir / "imageport.db"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT stage, attempt, started_at, finished_at FROM stage_runs ORDER BY id"
+            ).fetchall()
+    except sqlite3.Error:
+        return None
+    out: dict[str, float] = {}
+    for stage, attempt, started, finished in rows:
+        if not started or not finished:
+            continue
+        name = stage if attempt == 1 else f"{stage}#{attempt}"
+        seconds = datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+        out[name] = round(seconds.total_seconds(), 3)
+    return out or None
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -247,11 +670,21 @@ def qemu_img_version() -> str:
     return out.stdout.splitlines()[0]
 
 
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 3)
+def med(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def settle() -> None:
+    """Write back what the last variant left dirty (untimed), so the next does not pay for it."""
+    os.sync()
+
+
+def rnd(d: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     args = parse_args(argv)
     cmd = shlex.split(args.imageport_cmd)
     work_dir = args.work_dir.resolve()
@@ -260,61 +693,192 @@ def main(argv: list[str] | None = None) -> int:
     log(f"source: {args.virtual_size} virtual, {args.data_mib} MiB data in {work_dir}")
     src, source = make_source(work_dir, args.virtual_size, args.data_mib)
     warm(src)
+    ref_dir = Path(tempfile.mkdtemp(prefix="reference-", dir=work_dir))
+    ref = ref_dir / "out.raw"
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    uploader = Uploader(args.client, src)
+    sink: Sink | None = None
+    try:
+        output = make_reference(src, ref)
+        md5, sha512 = hash_file(ref, pool)
+        # The floor's sparse hashing must give the bytes' MD5: checked once by md5sum, which
+        # reads every byte, holes included.
+        plain_md5 = subprocess.run(
+            ["md5sum", str(ref)], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+        if plain_md5 != md5:
+            raise SystemExit(f"headline: floor MD5 {md5} != md5sum's {plain_md5}")
+        want = {"md5": md5, "sha512": sha512, "size": output["size"]}
+        output.update(md5=md5, sha512=sha512, md5sum_agrees=True)
+        log(f"reference output: {output}")
+        if "plain_write" in args.variants:
+            sink = Sink(work_dir)
+        settle()
+        ctx = Context(cmd, src, ref, want, pool, uploader, sink)
+        rounds = run_rounds(args, ctx, work_dir)
+    finally:
+        pool.shutdown()
+        if sink is not None:
+            sink.close(args.keep)
+        if not args.keep:
+            shutil.rmtree(ref_dir, ignore_errors=True)
 
-    rounds = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        for i in range(1, args.rounds + 1):
-            row: dict[str, object] = {}
-            tmp = Path(tempfile.mkdtemp(prefix=f"round{i}-floor-", dir=work_dir))
-            try:
-                floor = run_floor(src, tmp, pool, sparse=args.floor_hash == "sparse")
-            finally:
-                if not args.keep:
-                    shutil.rmtree(tmp, ignore_errors=True)
-            row["floor_s"] = round(floor["seconds"], 3)
-            log(f"round {i}: floor {floor['seconds']:.2f}s {floor['phases']}")
-            if not args.floor_only:
-                tmp = Path(tempfile.mkdtemp(prefix=f"round{i}-imageport-", dir=work_dir))
-                try:
-                    seconds = run_imageport(cmd, src, tmp, floor)
-                finally:
-                    if not args.keep:
-                        shutil.rmtree(tmp, ignore_errors=True)
-                row["imageport_s"] = round(seconds, 3)
-                row["ratio"] = round(seconds / floor["seconds"], 3)
-                log(f"round {i}: imageport {seconds:.2f}s, ratio {row['ratio']}")
-            row["floor_phases_s"] = {k: round(v, 3) for k, v in floor["phases"].items()}
-            rounds.append(row)
-
-    result: dict[str, object] = {
-        "benchmark": "headline_import_qcow2_to_raw",
-        "source": source,
-        "rounds": rounds,
-        "floor_median_s": median([r["floor_s"] for r in rounds]),
-    }
-    if args.floor_only:
-        result.update(imageport_median_s=None, ratio_median=None, meets_target=None)
-    else:
-        ratio = median([r["ratio"] for r in rounds])
-        result.update(
-            imageport_median_s=median([r["imageport_s"] for r in rounds]),
-            ratio_median=ratio,
-            meets_target=ratio <= TARGET_RATIO,
-        )
-    result["target_ratio"] = TARGET_RATIO
-    result["floor_hash"] = args.floor_hash
-    result["cache"] = (
-        "nothing dropped; source read once before round 1, so floor and imageport both start "
-        "from a warm source; each run writes new files in a fresh temp dir on the same fs"
-    )
-    result["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "qemu_img": qemu_img_version(),
-    }
+    result = summarize(args, rounds, source, output, uploader)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
+
+
+@dataclass
+class Context:
+    """What every variant of every round runs with."""
+
+    cmd: list[str]
+    src: Path
+    ref: Path
+    want: dict
+    pool: concurrent.futures.ThreadPoolExecutor
+    uploader: Uploader
+    sink: Sink | None
+
+
+def run_variant(variant: str, round_no: int, tmp: Path, ctx: Context) -> dict:
+    if variant == "hash_floor":
+        return run_hash_floor(ctx.ref, ctx.pool, ctx.want)
+    if variant == "cli":
+        return run_cli(ctx.cmd, ctx.src, tmp, ctx.want)
+    if variant == "api":
+        return run_api(ctx.cmd, ctx.uploader, tmp, ctx.want)
+    if variant == "plain_write":
+        assert ctx.sink is not None
+        return run_plain_write(ctx.sink, ctx.uploader, round_no)
+    return run_old_floor(ctx.src, tmp, ctx.pool)
+
+
+def run_rounds(args: argparse.Namespace, ctx: Context, work_dir: Path) -> list[dict]:
+    rounds = []
+    variants: list[str] = args.variants
+    for i in range(1, args.rounds + 1):
+        shift = (i - 1) % len(variants)
+        order = variants[shift:] + variants[:shift]
+        row: dict[str, object] = {"order": order}
+        for variant in order:
+            tmp = Path(tempfile.mkdtemp(prefix=f"round{i}-{variant}-", dir=work_dir))
+            try:
+                row[variant] = rnd(run_variant(variant, i, tmp, ctx))
+            finally:
+                if not args.keep:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                settle()
+            log(f"round {i}: {variant} {row[variant]}")
+        add_ratios(row)
+        rounds.append(row)
+    return rounds
+
+
+def secs(row: dict, variant: str, key: str = "seconds") -> float | None:
+    part = row.get(variant)
+    return part.get(key) if isinstance(part, dict) else None
+
+
+def add_ratios(row: dict) -> None:
+    floor = secs(row, "hash_floor")
+    cli = secs(row, "cli")
+    e2e = secs(row, "api", "end_to_end_s")
+    stage = secs(row, "api", "stage_s")
+    plain = secs(row, "plain_write")
+    if floor and cli:
+        row["cli_ratio"] = round(cli / floor, 3)
+    if floor and e2e:
+        row["api_ratio"] = round(e2e / floor, 3)
+    if stage and plain:
+        row["stage_vs_plain"] = round(stage / plain, 3)
+
+
+def summarize(
+    args: argparse.Namespace, rounds: list[dict], source: dict, output: dict, uploader: Uploader
+) -> dict:
+    def col(variant: str, key: str = "seconds") -> list[float]:
+        return [v for r in rounds if (v := secs(r, variant, key)) is not None]
+
+    def ratio(key: str) -> list[float]:
+        return [r[key] for r in rounds if key in r]
+
+    medians = {
+        "hash_floor_s": med(col("hash_floor")),
+        "cli_s": med(col("cli")),
+        "api_stage_s": med(col("api", "stage_s")),
+        "api_import_s": med(col("api", "import_s")),
+        "api_end_to_end_s": med(col("api", "end_to_end_s")),
+        "plain_write_s": med(col("plain_write")),
+        "api_stage_mib_per_s": med(col("api", "stage_mib_per_s")),
+        "plain_write_mib_per_s": med(col("plain_write", "mib_per_s")),
+        "cli_ratio": med(ratio("cli_ratio")),
+        "api_ratio": med(ratio("api_ratio")),
+        "stage_vs_plain": med(ratio("stage_vs_plain")),
+    }
+    if "old_floor" in args.variants:
+        medians["old_floor_s"] = med(col("old_floor"))
+    cli_rss = col("cli", "peak_rss_mib")
+    api_import_rss = col("api", "import_peak_rss_mib")
+    memory = {
+        "cli_process_peak_rss_mib": max(cli_rss) if cli_rss else None,
+        "api_process_peak_rss_mib_during_stage": max(
+            col("api", "stage_peak_rss_mib"), default=None
+        ),
+        "api_process_peak_rss_mib_during_import": max(api_import_rss, default=None),
+        "note": "embedded mode: the imageport process (CLI) and the API process (broker "
+        "memory://) are the worker; children (qemu-img) are listed per round, not included",
+    }
+    worker_peak = max(cli_rss + api_import_rss, default=None)
+    goals = {
+        "cli_ratio": GOAL_RATIO,
+        "api_ratio": GOAL_RATIO,
+        "stage_vs_plain": GOAL_STAGE_VS_PLAIN,
+        "worker_peak_rss_mib": GOAL_WORKER_RSS_MIB,
+    }
+    meets = {
+        key: (value is not None and value <= goal)
+        for key, goal, value in (
+            ("cli_ratio", GOAL_RATIO, medians["cli_ratio"]),
+            ("api_ratio", GOAL_RATIO, medians["api_ratio"]),
+            ("stage_vs_plain", GOAL_STAGE_VS_PLAIN, medians["stage_vs_plain"]),
+            ("worker_peak_rss_mib", GOAL_WORKER_RSS_MIB, worker_peak),
+        )
+    }
+    return {
+        "benchmark": "headline_import_qcow2_to_raw",
+        "source": source,
+        "output": output,
+        "http_client": uploader.describe(),
+        "rounds_n": args.rounds,
+        "medians": medians,
+        "memory": {**memory, "worker_peak_rss_mib": worker_peak},
+        "goals": goals,
+        "meets_goals": meets,
+        "rounds": rounds,
+        "method": {
+            "hash_floor": "MD5 (calling thread) and SHA-512 (helper thread) over the same "
+            "reused 8 MiB buffers of the reference `qemu-img convert -O raw` output; holes "
+            "(SEEK_DATA/SEEK_HOLE) hashed from a zero buffer, never read",
+            "api": "imageport api, noauth, embedded defaults (SQLite, memory:// broker: the "
+            "API process runs the import), IMAGEPORT_TARGET_FORMAT=raw; stage_s = PUT /stage, "
+            "import_s = POST /import until GET shows active (polled every 0.1 s), "
+            "end_to_end_s = POST /v2/images until active",
+            "plain_write": "same client, same file, PUT to bench/upload_sink.py (uvicorn, app "
+            "writes each body chunk to a file)",
+            "cache": "nothing dropped; source and reference output read once before round 1; "
+            "each variant writes new files in a fresh temp dir, removed and synced untimed "
+            "after it; variant order rotates by round",
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "qemu_img": qemu_img_version(),
+        },
+    }
 
 
 if __name__ == "__main__":
