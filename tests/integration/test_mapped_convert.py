@@ -19,6 +19,7 @@ from imageport.pipeline import runner
 from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.safety import qemu
+from imageport.pipeline.stages import conversion
 from imageport.records import TaskStatus, repository, serialize
 from images import MIB, file_digests, leftover_files, stored_path
 
@@ -185,3 +186,21 @@ def test_a_dynamic_vhd_is_written_from_its_map_too(services, tmp_path):
     assert runs["convert"]["mapped"] is True
     assert stored_path(image["locations"][0]["url"]).read_bytes() == reference.read_bytes()
     assert image["checksum"] == file_digests(reference)[0]
+
+
+def test_space_admission_counts_what_the_map_says_is_written(services, tmp_path, monkeypatch):
+    asked = []
+    real_admit = conversion.space.admit
+
+    def admit(where, size, settings, step):
+        asked.append((step, size))
+        return real_admit(where, size, settings, step)
+
+    monkeypatch.setattr(conversion.space, "admit", admit)
+    src = _qcow2(tmp_path / "disk.qcow2", 256 * MIB, ["write -P 1 0 1M", "write -P 2 200M 2M"])
+
+    _, outputs = _import(services, src)
+
+    # 3 MiB of data ranges, not the 256 MiB a qemu-img convert output may take.
+    assert ("convert", 3 * MIB) in asked
+    assert outputs["convert"]["mapped"] is True

@@ -46,9 +46,6 @@ class Conversion(BaseStage):
             return ConvertedOutput(skipped=True, converted=False, format=source_format)
         ctx.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         out = ctx.converted_path
-        # Admission: the output allocates at most the virtual size (compressed qcow2 clusters
-        # expand up to it); when that does not fit here, the job is handed back, not failed.
-        space.admit(ctx.scratch_dir, inspected.virtual_size, ctx.settings, "convert")
         total = inspected.virtual_size
 
         digests = _convert(ctx, services, source_format, target_format, total)
@@ -111,6 +108,9 @@ def _convert(
         extents = services.qemu.map(staged, source_format)
         runs = None if extents is None else mapped.plan(extents, total, staged.stat().st_size)
         if runs is not None:
+            # Admission: written from the map, the output allocates exactly its data ranges;
+            # when that does not fit here, the job is handed back, not failed.
+            space.admit(ctx.scratch_dir, mapped.data_bytes(runs), ctx.settings, "convert")
             with MultiHasher(ctx.settings.hash_algo) as hasher:
                 return mapped.write_raw(
                     staged,
@@ -120,6 +120,10 @@ def _convert(
                     bytearray(ctx.settings.chunk_size),
                     lambda done: ctx.progress(done, total),
                 )
+
+    # qemu-img's output allocates at most the virtual size (compressed clusters expand up to
+    # it), so that much must fit.
+    space.admit(ctx.scratch_dir, total, ctx.settings, "convert")
 
     def on_progress(percent: float) -> None:
         ctx.progress(int(total * percent / 100), total)
