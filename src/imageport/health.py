@@ -1,9 +1,10 @@
 """Readiness and liveness checks shared by ``imageport worker`` and ``imageport api``.
 
 Ready means every dependency a job needs answers: the database (``SELECT 1``), the broker
-(Redis ``PING``; nothing to check for the in-process broker) and the staging directory
-(writable; with an ``s3://`` staging_url, the bucket answers too). Live means the process is
-serving and its workers are alive.
+(Redis ``PING``; for RabbitMQ an AMQP connection opened and closed, with pika as dramatiq's
+RabbitMQ broker uses it; nothing to check for the in-process broker) and the staging
+directory (writable; with an ``s3://`` staging_url, the bucket answers too). Live means the
+process is serving and its workers are alive.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import create_engine, text
 
 from imageport.config import Settings
+from imageport.workers.broker import amqp_connection
+
+#: Seconds the broker check may take to connect and answer: the shipped readiness probes
+#: give the whole of /readyz (database, broker, staging) 5 s.
+BROKER_PROBE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,9 @@ def _check_broker(settings: Settings) -> str:
     if url.startswith(("redis://", "rediss://", "unix://")):
         import redis  # noqa: PLC0415 - only the Redis broker needs it
 
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis.from_url(
+            url, socket_timeout=BROKER_PROBE_TIMEOUT, socket_connect_timeout=BROKER_PROBE_TIMEOUT
+        )
         try:
             client.ping()
         except redis.RedisError as exc:
@@ -66,7 +74,16 @@ def _check_broker(settings: Settings) -> str:
         finally:
             client.close()
         return "ok"
-    return "ok"  # AMQP: the broker object reconnects by itself; nothing cheap to probe
+    return _check_amqp(url)  # amqp:// or amqps://: build_broker refuses any other scheme
+
+
+def _check_amqp(url: str) -> str:
+    """Open and close one AMQP connection (handshake and login included), or say why not."""
+    try:
+        amqp_connection(url, BROKER_PROBE_TIMEOUT).close()
+    except ConnectionError as exc:
+        return f"unreachable: {exc}"
+    return "ok"
 
 
 def _check_staging(settings: Settings) -> str:

@@ -47,9 +47,15 @@ class Client:
         self.loop.close()
 
 
-@pytest.fixture
-def catalog(tmp_path, postgres_empty_url):
-    settings = Settings(data_dir=tmp_path / "data", database_url=postgres_empty_url)
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, postgres_url):
+    """One catalog for the module (filling it through the API is the slow part)."""
+    conninfo = make_url(postgres_url).set(drivername="postgresql")
+    with psycopg.connect(conninfo.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    data = tmp_path_factory.mktemp("catalog") / "data"
+    settings = Settings(data_dir=data, database_url=postgres_url)
     services = Services.from_settings(settings)
     services.db.upgrade()
     captured: list[tuple[str, object]] = []
@@ -69,7 +75,6 @@ def catalog(tmp_path, postgres_empty_url):
                 "tags": [f"tag-{i % 5}", "common"],
             }
             assert client.post("/v2/images", json=body).status_code == 201
-        conninfo = make_url(postgres_empty_url).set(drivername="postgresql")
         with psycopg.connect(conninfo.render_as_string(hide_password=False)) as conn:
             conn.execute("ANALYZE")
         event.listen(services.db.engine, "before_cursor_execute", capture)

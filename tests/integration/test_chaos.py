@@ -1,8 +1,11 @@
-"""Issue 4's acceptance: kill -9 workers mid-stage, restart Redis, restart PostgreSQL.
+"""Issue 4's acceptance: kill -9 workers mid-stage, restart the broker, restart PostgreSQL.
 
-Each test runs its own redis-server and PostgreSQL cluster (so they can be restarted) and
-real `imageport worker` process groups; every import must end active exactly once, with the
-right hashes, and leave nothing behind.
+The worker and broker tests run on both brokers (the PostgreSQL restart on Redis only: the
+broker plays no part in it), each with its own PostgreSQL cluster and real `imageport worker`
+process groups; every import must end active exactly once, with the right hashes, and leave
+nothing behind. Redis runs as a private redis-server per test; RabbitMQ is the session's
+(queues purged), except for the restart test, which starts a throwaway rabbitmq-server node
+of its own (``brokers_support.RabbitServer``) so the machine's server is never restarted.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from services_support import PostgresServer, RedisServer
 from sqlalchemy import select
 from workers_support import Worker, cli, wait_for
 
+from brokers_support import RabbitServer
 from imageport.config import Settings
 from imageport.pipeline.context import Services
 from imageport.pipeline.methods.submit import submit_import
@@ -30,29 +34,50 @@ from imageport.workers.broker import build_broker
 from images import MIB, file_digests, leftover_files, make_qcow2, stored_path
 
 
-@pytest.fixture
-def servers():
+class SessionBroker:
+    """The session's broker (not restartable): its URL only."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def servers(request):
+    """(broker server, PostgreSQL server): a broker that can be restarted when the test asks."""
     if not Path("/usr/lib/postgresql").exists() or not RedisServer().binary:
         if os.environ.get("CI"):
             pytest.fail("redis-server and PostgreSQL are required in CI")
         pytest.skip("redis-server or PostgreSQL binaries missing")
-    redis_server, pg = RedisServer(), PostgresServer()
-    redis_server.start()
+    restart = "restart" in request.node.name and "postgres" not in request.node.name
+    if request.param == "redis":
+        broker = RedisServer()
+        broker.start()
+    elif restart:
+        broker = RabbitServer()
+        if broker.binary is None:
+            if os.environ.get("CI"):
+                pytest.fail("rabbitmq-server is required in CI")
+            pytest.skip("rabbitmq-server is not installed: apt-get install rabbitmq-server")
+        broker.start()
+    else:
+        broker = SessionBroker(request.getfixturevalue("rabbitmq_url"))
+    pg = PostgresServer()
     pg.start()
-    yield redis_server, pg
-    redis_server.close()
+    yield broker, pg
+    if not isinstance(broker, SessionBroker):
+        broker.close()
     pg.close()
 
 
 @pytest.fixture
 def cluster(servers, tmp_path):
-    redis_server, pg = servers
+    broker_server, pg = servers
     base = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPORT_")}
     env = {
         **base,
         "IMAGEPORT_DATA_DIR": str(tmp_path / "data"),
         "IMAGEPORT_DATABASE_URL": pg.url,
-        "IMAGEPORT_BROKER_URL": redis_server.url,
+        "IMAGEPORT_BROKER_URL": broker_server.url,
         "IMAGEPORT_LEASE_TTL_SECONDS": "2",
         "IMAGEPORT_REAPER_INTERVAL_SECONDS": "0.5",
         "IMAGEPORT_PROGRESS_INTERVAL_SECONDS": "0.05",
@@ -62,7 +87,7 @@ def cluster(servers, tmp_path):
     }
     cli(env, "db", "upgrade")
     settings = Settings(
-        data_dir=tmp_path / "data", database_url=pg.url, broker_url=redis_server.url
+        data_dir=tmp_path / "data", database_url=pg.url, broker_url=broker_server.url
     )
     services = Services.from_settings(settings)
     groups: list[Worker] = []
@@ -72,9 +97,11 @@ def cluster(servers, tmp_path):
         groups.append(group)
         return group
 
-    yield env, services, declare_actors(build_broker(settings), lambda: services), start_group
+    broker = build_broker(settings)
+    yield env, services, declare_actors(broker, lambda: services), start_group
     for group in groups:
         group.stop()
+    broker.close()
     services.close()
 
 
@@ -209,19 +236,23 @@ def test_kill_9_workers_mid_stage(cluster, tmp_path):
     _check_outcome(env, services.db, ids, [g.log for g in groups])
 
 
-def test_redis_restart_mid_run(cluster, servers, tmp_path):
+def test_broker_restart_mid_run(cluster, servers, tmp_path):
     env, services, actors, start_group = cluster
-    redis_server, _ = servers
+    broker_server, _ = servers
     groups = [start_group(), start_group()]
     ids = _submit_all(services, actors, _sources(tmp_path, 12))
     wait_for(lambda: "success" in _statuses(services.db, ids), 60, "a first import", 0.05)
-    redis_server.stop()  # every queued message is lost with it
+    # Killed: Redis (no persistence here) loses every queued message, the reaper sends them
+    # again; RabbitMQ keeps its durable queue and redelivers what was not acknowledged.
+    broker_server.stop()
     time.sleep(1.5)
-    redis_server.start()
+    broker_server.start()
     wait_for(lambda: set(_statuses(services.db, ids)) == {"success"}, 180, "every import", 0.2)
     _check_outcome(env, services.db, ids, [g.log for g in groups])
 
 
+# The database restarting is the same event whatever the broker: Redis only, for time.
+@pytest.mark.parametrize("servers", ["redis"], indirect=True)
 def test_postgres_restart_mid_run(cluster, servers, tmp_path):
     env, services, actors, start_group = cluster
     _, pg = servers

@@ -40,6 +40,8 @@ SYSTEMD = DEPLOY / "systemd"
 KUBE = DEPLOY / "kubernetes"
 DOCKERFILE = DEPLOY / "container" / "Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
+COMPOSE_RABBITMQ = DEPLOY / "compose.rabbitmq.yaml"  # an override: RabbitMQ as the broker
+KUBE_RABBITMQ = KUBE / "rabbitmq"  # a kustomize Component: RabbitMQ as the broker
 OPERATIONS = ROOT / "docs" / "operations.md"
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 DEMO = ROOT / "scripts" / "demo_distributed.sh"
@@ -587,6 +589,57 @@ def test_keda_scales_the_workers_on_the_dramatiq_list():
     assert "replicas" not in kube("Deployment", "imageport-worker")["spec"]
 
 
+def _rabbitmq_component() -> dict[str, dict]:
+    """The component's patches by kind."""
+    component = yaml.safe_load((KUBE_RABBITMQ / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    patches = [
+        yaml.safe_load((KUBE_RABBITMQ / p["path"]).read_text()) for p in component["patches"]
+    ]
+    return {patch["kind"]: patch for patch in patches}
+
+
+def test_keda_on_rabbitmq_watches_the_import_queue_with_the_workers_url(monkeypatch, tmp_path):
+    patches = _rabbitmq_component()
+    base = kube("ScaledObject", "imageport-worker")["spec"]["triggers"][0]["metadata"]
+    scaled = patches["ScaledObject"]
+    assert scaled["metadata"]["name"] == "imageport-worker"
+    (trigger,) = scaled["spec"]["triggers"]
+    meta = trigger["metadata"]
+    assert (trigger["type"], meta["protocol"], meta["mode"]) == ("rabbitmq", "amqp", "QueueLength")
+    assert meta["queueName"] == IMPORT_QUEUE
+    # As many imports per replica as on Redis.
+    assert (meta["value"], meta["activationValue"]) == (
+        base["listLength"],
+        base["activationListLength"],
+    )
+    # The trigger reads the URL the workers use from their own environment (the Secret).
+    secret = patches["Secret"]
+    assert secret["metadata"]["name"] == "imageport-secrets"
+    assert set(secret["stringData"]) == {meta["hostFromEnv"]} == {"IMAGEPORT_BROKER_URL"}
+    env = {**_kube_env(), **secret["stringData"]}
+    conf = build_settings(monkeypatch, env, toml_text=env["imageport.toml"])
+    assert urlsplit(conf.broker_url).scheme == "amqp"
+    assert urlsplit(conf.broker_url).path == "/%2F"  # the vhost `/`, for pika and for KEDA
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the overlay with the component not rendered")
+    shutil.copytree(KUBE, tmp_path / "base")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": ["../base"], "components": ["../base/rabbitmq"]})
+    )
+    out = subprocess.run(
+        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    rendered = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
+    assert rendered["ScaledObject"]["spec"]["triggers"] == [trigger]
+    assert rendered["ScaledObject"]["spec"]["maxReplicaCount"] == 10  # the rest is the base's
+    assert rendered["Secret"]["stringData"]["IMAGEPORT_BROKER_URL"] == conf.broker_url
+    assert "IMAGEPORT_DATABASE_URL" in rendered["Secret"]["stringData"]
+
+
 def test_kustomize_base_lists_and_renders_every_manifest():
     kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
@@ -615,6 +668,28 @@ def test_compose_ports_and_services():
         assert urlsplit(svc["environment"]["HEALTHCHECK_URL"]).port == port
         grace = _grace(svc["environment"].get("IMAGEPORT_SHUTDOWN_GRACE_SECONDS"))
         assert int(svc["stop_grace_period"].removesuffix("s")) > grace + EXTRA_STOP_SECONDS
+
+
+def test_compose_rabbitmq_override(monkeypatch):
+    override = yaml.safe_load(COMPOSE_RABBITMQ.read_text())["services"]
+    assert set(override) <= set(compose()["services"]) | {"rabbitmq"}
+    toml_text = (DEPLOY / "imageport.toml").read_text()
+    for name, svc in imageport_services().items():
+        if name == "db-upgrade":
+            assert name not in override  # migrations never touch the broker
+            continue
+        # Compose merges an override's environment and depends_on into the base service's.
+        env = {**svc["environment"], **override[name]["environment"]}
+        conf = build_settings(monkeypatch, env, toml_text=toml_text)
+        assert urlsplit(conf.broker_url).scheme == "amqp", name
+        assert urlsplit(conf.broker_url).hostname == "rabbitmq"
+        assert override[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    rabbit = override["rabbitmq"]
+    user = rabbit["environment"]["RABBITMQ_DEFAULT_USER"]
+    password = rabbit["environment"]["RABBITMQ_DEFAULT_PASS"]
+    assert urlsplit(conf.broker_url).username == user
+    assert urlsplit(conf.broker_url).password == password
+    assert rabbit["hostname"] == "rabbitmq"  # the node's data directory follows it
 
 
 # The container image

@@ -9,6 +9,8 @@ middleware are left out: imports take longer than that, and the runner decides r
 
 from __future__ import annotations
 
+from typing import Any
+
 from dramatiq import Broker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
@@ -49,3 +51,29 @@ def build_broker(settings: Settings) -> Broker:
     raise ConfigurationError(
         f"broker_url {url!r} is not supported: use memory://, redis://host:port/db or amqp://"
     )
+
+
+def amqp_connection(url: str, timeout: float) -> Any:  # noqa: ANN401 - pika is untyped
+    """A blocking pika connection to ``url``: one attempt, the whole set-up within ``timeout``.
+
+    For the short looks outside the broker (readiness, queue depth): TCP connect, TLS, the
+    AMQP handshake and the login must all be done in ``timeout`` seconds, or it gives up.
+
+    Raises:
+        ConnectionError: the broker cannot be reached, does not answer in time or refuses the
+            login; the message names pika's exception (which has no single root: a handshake
+            timeout is not an ``AMQPError``).
+    """
+    import pika  # noqa: PLC0415 - only the RabbitMQ broker needs it
+    import pika.adapters.utils.connection_workflow as workflow  # noqa: PLC0415
+    import pika.exceptions  # noqa: PLC0415
+
+    params = pika.URLParameters(url)
+    params.socket_timeout = timeout
+    params.stack_timeout = timeout
+    params.connection_attempts = 1
+    params.retry_delay = 0
+    try:
+        return pika.BlockingConnection(params)
+    except (pika.exceptions.AMQPError, workflow.AMQPConnectorException, OSError) as exc:
+        raise ConnectionError(type(exc).__name__) from exc

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from imageport.config import Settings
 from imageport.records import Task, TaskStatus
 from imageport.workers.actors import IMPORT_QUEUE
+from imageport.workers.broker import amqp_connection
 from imageport.workers.fairshare import AT_CAPACITY
 
 #: The error code of a pending task handed back for lack of space (``pipeline.data.space``).
@@ -70,15 +71,11 @@ def _redis_depth(url: str, queues: tuple[str, ...]) -> int | None:
 
 
 def _amqp_depth(url: str, queues: tuple[str, ...]) -> int | None:
-    import pika  # noqa: PLC0415 - only the RabbitMQ broker needs it
-    import pika.exceptions  # noqa: PLC0415
+    import pika.exceptions  # noqa: PLC0415 - only the RabbitMQ broker needs it
 
-    params = pika.URLParameters(url)
-    params.socket_timeout = 2
-    params.connection_attempts = 1
     try:
-        connection = pika.BlockingConnection(params)
-    except (pika.exceptions.AMQPError, OSError):
+        connection = amqp_connection(url, timeout=2)
+    except ConnectionError:
         return None
     try:
         total = 0
