@@ -20,11 +20,22 @@ class KernelCopier:
     are skipped, so holes stay holes.
     """
 
-    def __init__(self, source: Path, fd: int) -> None:
+    def __init__(self, source: Path, fd: int, *, sync_every: int | None = None) -> None:
+        """Copy from ``source`` into ``fd``.
+
+        Args:
+            source: the file to copy ranges of.
+            fd: the target, open for writing.
+            sync_every: flush the target to disk after this many bytes copied (on the helper
+                thread), for a target that will be fsynced when done: the write-back then
+                overlaps the reading and hashing instead of all waiting for the final fsync.
+        """
         self._src = os.open(source, os.O_RDONLY)
         self._dst = fd
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-copy")
         self._futures: list[Future[None]] = []
+        self._sync_every = sync_every
+        self._unsynced = 0  # bytes copied since the last flush (helper thread only)
 
     def copy(self, chunk: memoryview, offset: int, to: int | None = None) -> None:
         """Queue the non-zero runs of ``chunk`` for copying.
@@ -66,6 +77,10 @@ class KernelCopier:
                     if n == 0:
                         raise SourceUnavailable("the source file shrank while it was staged")
                     copied += n
+                self._unsynced += length
+                if self._sync_every is not None and self._unsynced >= self._sync_every:
+                    os.fdatasync(self._dst)
+                    self._unsynced = 0
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace("staging ran out of space: free space there and retry") from exc

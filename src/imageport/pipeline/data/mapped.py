@@ -32,6 +32,7 @@ from imageport.pipeline.data.hashing import Digests, MultiHasher
 #: image file itself. A VMDK's may point into another extent file (qemu 7.2's JSON map does
 #: not name the file) and VHDX maps give no offsets: both go through ``qemu-img convert``.
 FORMATS = frozenset({"qcow2", "vhd"})
+SYNC_EVERY = 256 * 1024**2  # bytes of output written between two flushes to disk
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,9 @@ def write_raw(
     zeros = memoryview(bytes(len(buffer)))
     done = 0
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    copier = KernelCopier(source, fd)
+    # The output is fsynced when a file store takes it: flushing as it is written lets the
+    # disk work while the hashes run, instead of after them.
+    copier = KernelCopier(source, fd, sync_every=SYNC_EVERY)
     try:
         with source.open("rb", buffering=0) as handle:
             src = handle.fileno()
