@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from botocore.exceptions import ConnectionClosedError
 from s3_support import bucket_keys, md5, open_uploads, s3_client
 
 from imageport.errors import ConfigurationError, InvalidRequest, SourceNotFound
@@ -251,6 +252,30 @@ def test_s3_multipart_object_has_the_md5_etag_and_url(moto_endpoint, bucket):
     got = store.client.get_object(Bucket=bucket, Key=f"imageport/{key}")["Body"].read()
     assert md5(got) == md5(data)
     assert open_uploads(moto_endpoint, bucket) == []
+
+
+def test_s3_a_part_botocore_retries_is_sent_whole_again(moto_endpoint, bucket, tmp_path):
+    """Parts wait in a file: botocore rewinds a part's body and sends it again in full."""
+    client = s3_client(moto_endpoint, attempts=3)
+    cut: list[bytes] = []
+    lock = threading.Lock()  # parts are sent from several threads at once
+
+    def drop_the_first_part_midway(request, **_):
+        with lock:
+            first = not cut
+            if first:
+                cut.append(request.body.read(1000))  # what a dropped connection had sent
+        if first:
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+    client.meta.events.register("before-send.s3.UploadPart", drop_the_first_part_midway)
+    store = S3Store("s3", client=client, bucket=bucket, part_size=PART, part_dir=tmp_path)
+    key, data = new_key(), payload(2 * PART + 5)
+    obj = store.add(key, [data])
+    assert len(cut) == 1
+    assert cut[0] in [data[start : start + 1000] for start in range(0, len(data), PART)]
+    assert b"".join(store.read(obj.url)) == data
+    assert list(tmp_path.iterdir()) == []  # the part file never had a name
 
 
 def test_s3_missing_bucket_is_a_configuration_error(moto_endpoint):

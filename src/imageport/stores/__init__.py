@@ -85,6 +85,8 @@ def _s3_store(store_id: str, conf: StoreSettings, settings: Settings) -> Store:
         part_size=settings.s3_part_size,
         max_concurrency=settings.s3_max_concurrency,
         read_only=conf.read_only,
+        # Parts in flight wait in a file beside the conversion output, not in memory.
+        part_dir=settings.resolved_scratch_dir,
     )
 
 

@@ -4,11 +4,12 @@ The boto3 client is injected (built once per process in :func:`imageport.stores.
 or by a test against a moto server). Every botocore and OS error is translated in one place,
 :func:`mapped`, into the store errors of :mod:`imageport.errors`.
 
-A write fills one part buffer at a time; a full part is uploaded by a thread of the writer's
-pool while the next one fills, and at most ``max_concurrency`` parts are in flight, so a writer
-holds at most ``max_concurrency + 1`` part buffers whatever the image size. Each part carries
-its Content-MD5 (S3 checks it), and the assembled object is checked after the upload: its size
-with ``head_object`` and its ETag against the MD5 of the part MD5s. Any failure, and
+A write fills one part at a time; a full part is uploaded by a thread of the writer's pool while
+the next one fills, and at most ``max_concurrency`` parts are in flight. The parts are kept in a
+temporary file (:class:`~imageport.stores.partfile.PartFile`, ``max_concurrency + 1`` slots),
+not in memory, so a writer's RSS does not grow with the part size or the concurrency. Each part
+carries its Content-MD5 (S3 checks it), and the assembled object is checked after the upload:
+its size with ``head_object`` and its ETag against the MD5 of the part MD5s. Any failure, and
 :meth:`S3Writer.abort`, aborts the multipart upload.
 """
 
@@ -18,9 +19,9 @@ import base64
 import contextlib
 import hashlib
 import re
-import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -36,6 +37,7 @@ from imageport.errors import (
     StoreUnavailable,
 )
 from imageport.stores.base import StoredObject, add_stream, check_key
+from imageport.stores.partfile import PartFile, md5_of
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -88,6 +90,7 @@ class S3Store:
         part_size: int = DEFAULT_S3_PART_SIZE,
         max_concurrency: int = DEFAULT_S3_CONCURRENCY,
         read_only: bool = False,
+        part_dir: Path | None = None,
     ) -> None:
         self.store_id = store_id
         self.client = client
@@ -96,6 +99,8 @@ class S3Store:
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.read_only = read_only
+        #: Where writers keep their part files (the system's temporary directory if None).
+        self.part_dir = part_dir
 
     def object_key(self, key: str) -> str:
         """The S3 key of image ``key``."""
@@ -202,13 +207,12 @@ class S3Writer:
         self._key = object_key
         self._url = store.url_of(object_key)
         self._part_size = part_size
-        self._buffer = bytearray(part_size)
+        #: Part buffers: one filling, ``max_concurrency`` uploading; taking a slot blocks
+        #: while every other one is in flight, so the writer waits instead of buffering more.
+        self._file = PartFile(store.part_dir, part_size, store.max_concurrency + 1)
+        self._slot: int | None = None  # the slot being filled, taken on the first byte
         self._filled = 0
         self._size = 0
-        self._free: list[bytearray] = []  # part buffers back from their upload, for reuse
-        self._lock = threading.Lock()  # guards _free between the part threads and the writer
-        #: Taken for each part in flight, so the writer blocks instead of buffering more.
-        self._slots = threading.Semaphore(store.max_concurrency)
         self._pool: ThreadPoolExecutor | None = None
         self._upload_id: str | None = None
         self._parts: list[Future[tuple[int, str, bytes]]] = []
@@ -223,8 +227,11 @@ class S3Writer:
         """Append ``data``; blocks while ``max_concurrency`` parts are uploading."""
         view = data.cast("B") if data.format != "B" else data
         while view:
+            if self._slot is None:
+                self._slot = self._file.take()
             n = min(len(view), self._part_size - self._filled)
-            self._buffer[self._filled : self._filled + n] = view[:n]
+            with mapped(f"buffer a part of {self._url}"):
+                self._file.write(self._slot, self._filled, view[:n])
             self._filled += n
             view = view[n:]
             if self._filled == self._part_size:
@@ -250,7 +257,7 @@ class S3Writer:
                 etag, expected = self._put_whole()
             else:
                 if self._filled:
-                    self._send_part(last=True)
+                    self._send_part()
                 etag, expected = self._complete()
             self._done = True
             self._verify(etag, expected)
@@ -280,7 +287,7 @@ class S3Writer:
                 # next attempt (or when the import fails) lists and aborts it again.
                 log.warning("multipart abort failed", url=self._url, error=str(exc))
 
-    def _send_part(self, *, last: bool = False) -> None:
+    def _send_part(self) -> None:
         self._raise_failed_part()
         if self._upload_id is None:
             with mapped(f"start upload of {self._url}"):
@@ -290,40 +297,29 @@ class S3Writer:
             self._pool = ThreadPoolExecutor(
                 self._store.max_concurrency, thread_name_prefix=f"s3-{self._store.store_id}"
             )
-        buffer, filled = self._buffer, self._filled
-        if last:
-            # Trim in place (no copy): botocore takes bytes or bytearray, not a memoryview.
-            del buffer[filled:]
-        self._slots.acquire()  # the bound on memory: wait for a part in flight to finish
         assert self._pool is not None  # noqa: S101 - created with the upload above
+        assert self._slot is not None  # noqa: S101 - a part is sent once it has bytes
         number = len(self._parts) + 1
-        self._parts.append(self._pool.submit(self._upload_part, number, buffer))
-        # After the last part nothing more is written: do not allocate another buffer.
-        self._buffer, self._filled = (bytearray() if last else self._take_buffer()), 0
+        self._parts.append(self._pool.submit(self._upload_part, number, self._slot, self._filled))
+        self._slot, self._filled = None, 0  # the next write takes a slot, or waits for one
 
-    def _take_buffer(self) -> bytearray:
-        with self._lock:
-            return self._free.pop() if self._free else bytearray(self._part_size)
-
-    def _upload_part(self, number: int, body: bytearray) -> tuple[int, str, bytes]:
+    def _upload_part(self, number: int, slot: int, length: int) -> tuple[int, str, bytes]:
         try:
-            digest = hashlib.md5(body, usedforsecurity=False).digest()
+            body = self._file.body(slot, length)
             with mapped(f"upload part {number} of {self._url}"):
+                digest = md5_of(body)
                 response = self._store.client.upload_part(
                     Bucket=self._store.bucket,
                     Key=self._key,
                     UploadId=self._upload_id or "",
                     PartNumber=number,
-                    # botocore accepts a bytearray (no copy); the stubs only list bytes.
-                    Body=body,  # type: ignore[arg-type]
+                    # A seekable file over the slot: botocore hashes and rewinds it as a file.
+                    Body=body,  # type: ignore[arg-type] # the stubs do not know the protocol
                     ContentMD5=base64.b64encode(digest).decode(),
                 )
             return number, response["ETag"], digest
         finally:
-            if len(body) == self._part_size:
-                with self._lock:
-                    self._free.append(body)
-            self._slots.release()
+            self._file.give(slot)
 
     def _raise_failed_part(self) -> None:
         for part in self._parts:
@@ -331,16 +327,19 @@ class S3Writer:
                 part.result()  # re-raises the part's (already mapped) store error
 
     def _put_whole(self) -> tuple[str, str]:
-        del self._buffer[self._filled :]
-        digest = hashlib.md5(self._buffer, usedforsecurity=False)
+        if self._slot is None:  # nothing was written: an empty object, and no part file
+            body, digest = None, hashlib.md5(b"", usedforsecurity=False).digest()
+        else:
+            body = self._file.body(self._slot, self._filled)
+            digest = md5_of(body)
         with mapped(f"upload {self._url}"):
             response = self._store.client.put_object(
                 Bucket=self._store.bucket,
                 Key=self._key,
-                Body=self._buffer,  # type: ignore[arg-type] # bytearray, as in _upload_part
-                ContentMD5=base64.b64encode(digest.digest()).decode(),
+                Body=b"" if body is None else body,  # type: ignore[arg-type] # as in _upload_part
+                ContentMD5=base64.b64encode(digest).decode(),
             )
-        return response["ETag"], digest.hexdigest()
+        return response["ETag"], digest.hex()
 
     def _complete(self) -> tuple[str, str]:
         results = [part.result() for part in self._parts]
@@ -375,4 +374,4 @@ class S3Writer:
             # Parts not started are dropped; the ones in flight finish before the abort.
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        self._free.clear()
+        self._file.close()  # after the pool: no upload reads a part any more
