@@ -50,8 +50,9 @@ API_PORT = 9292  # `imageport api --port` everywhere
 METRICS_PORT = 9101  # `imageport worker --metrics-port` everywhere (systemd: the instance name)
 HEALTH_PATHS = {"/healthz", "/readyz"}
 #: Measured with /usr/bin/time -v and psutil (docs/operations.md, "Sizing"), MiB: one job's
-#: interpreter without S3 part buffers, qemu-img convert, and an idle supervisor.
-JOB_BASE_MIB, QEMU_IMG_MIB, SUPERVISOR_MIB = 163, 40, 80
+#: peak importing to S3 (its parts in flight wait in a scratch file, not in memory: 167-181
+#: MiB measured, whatever the part size), qemu-img convert, and an idle supervisor.
+JOB_BASE_MIB, QEMU_IMG_MIB, SUPERVISOR_MIB = 200, 40, 80
 IMAGEPORT_VAR = re.compile(r"\bIMAGEPORT_[A-Z0-9_]+")
 NOT_SETTINGS = {CONFIG_ENV, "IMAGEPORT_TEST_DATABASE_URL"}  # the config file; tests' own DB
 
@@ -567,10 +568,7 @@ def test_kubernetes_worker_memory_covers_the_measured_peak():
     (container,) = containers(kube("Deployment", "imageport-worker"))
     args = container["args"]
     jobs = _port_of(args, "--processes") * _port_of(args, "--threads")
-    env = _kube_env()
-    part = int(env["IMAGEPORT_S3_PART_SIZE"]) / 1024**2
-    parts = int(env["IMAGEPORT_S3_MAX_CONCURRENCY"]) + 1
-    needed = jobs * (JOB_BASE_MIB + part * parts + QEMU_IMG_MIB) + SUPERVISOR_MIB
+    needed = jobs * (JOB_BASE_MIB + QEMU_IMG_MIB) + SUPERVISOR_MIB
     request = _mib(container["resources"]["requests"]["memory"])
     assert request >= needed, f"memory request {request} MiB < measured need {needed} MiB"
     assert _mib(container["resources"]["limits"]["memory"]) >= request

@@ -21,11 +21,11 @@ from pathlib import Path
 from imageport.config import Settings
 from imageport.errors import SourceNotFound
 from imageport.pipeline.context import STAGED_NAME, JobContext, Services
-from imageport.pipeline.data.extents import data_runs, pwrite_all
 from imageport.pipeline.data.scan import ScanResult, scan
 from imageport.pipeline.data.sources import file_chunks
 from imageport.pipeline.data.space import check_space
 from imageport.pipeline.data.staging_area import StagingArea, upload_names
+from imageport.pipeline.data.writer import BackgroundWriter
 from imageport.pipeline.outputs import StagedOutput
 
 UPLOADS = "uploads"  # directory under the staging dir; task directories are UUIDs, never this
@@ -104,20 +104,23 @@ def _write(
     hashed: bool,
 ) -> ScanResult:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Zero blocks stay holes, as in the stage step; the writes overlap the receiving.
+    writer = BackgroundWriter(fd)
     try:
-
-        def sink(chunk: memoryview, offset: int) -> None:
-            # Zero blocks stay holes, as in the stage step.
-            for start, end in data_runs(chunk):
-                pwrite_all(fd, chunk[start:end], offset + start)
-
         scanned = scan(
-            chunks, settings, declared=disk_format, extra_algo=None, sink=sink, hashed=hashed
+            chunks,
+            settings,
+            declared=disk_format,
+            extra_algo=None,
+            sink=writer.write,
+            hashed=hashed,
         )
         if not scanned.complete:
             scanned.verdict.raise_if_rejected()
+        writer.finish()
         os.ftruncate(fd, scanned.disk_size or 0)
     finally:
+        writer.close()
         os.close(fd)
     return scanned
 

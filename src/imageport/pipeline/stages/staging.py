@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.data import decompression, extents, space, staging_area
+from imageport.pipeline.data import decompression, space, staging_area
 from imageport.pipeline.data.copier import KernelCopier
-from imageport.pipeline.data.extents import data_runs
 from imageport.pipeline.data.scan import ScanResult, coalesce, scan
 from imageport.pipeline.data.sources import SourceInfo, file_chunks, http_stream
 from imageport.pipeline.data.staging_area import Tick
+from imageport.pipeline.data.writer import BackgroundWriter
 from imageport.pipeline.methods import glance_download, uploads
 from imageport.pipeline.outputs import StagedOutput
 from imageport.pipeline.stages.base import BaseStage
@@ -175,6 +175,8 @@ def _copy(
     fd = os.open(target, flags, 0o600)
     total = None if info.length is None else info.start + info.length
     copier = _kernel_copier(ctx, fd) if not keep else None
+    # Zero blocks are not written: they stay holes, so staged raw images stay sparse.
+    writer = BackgroundWriter(fd) if copier is None else None
     try:
 
         def sink(chunk: memoryview, offset: int) -> None:
@@ -182,10 +184,8 @@ def _copy(
                 return  # read back from the staged file itself: already there
             if copier is not None:
                 copier.copy(chunk, offset)
-                return
-            # Zero blocks are not written: they stay holes, so staged raw images stay sparse.
-            for start, end in data_runs(chunk):
-                extents.pwrite_all(fd, chunk[start:end], offset + start)
+            elif writer is not None:
+                writer.write(chunk, offset)
 
         scanned = scan(
             chunks,
@@ -198,6 +198,8 @@ def _copy(
         )
         if copier is not None:
             copier.finish()
+        if writer is not None:
+            writer.finish()
         if not scanned.complete:
             # Refused from its first bytes: fail the stage before staging the rest.
             scanned.verdict.raise_if_rejected()
@@ -208,6 +210,8 @@ def _copy(
     finally:
         if copier is not None:
             copier.close()
+        if writer is not None:
+            writer.close()
         os.close(fd)
     return scanned
 
