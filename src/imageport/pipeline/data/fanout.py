@@ -195,8 +195,6 @@ class _Reader:
         self._pool: queue.Queue[_Buffer] = queue.Queue()
         for _ in range(POOL_BUFFERS):
             self._pool.put(_Buffer(chunk_size, self._pool))
-        self._chunk_size = chunk_size
-        self._zeros: memoryview | None = None  # allocated on the first hole only
 
     def pump(self, pieces: Iterable[Piece], total: int | None, progress: Progress) -> None:
         """Hand every piece to the live writers and the hasher."""
@@ -229,14 +227,8 @@ class _Reader:
         for feeder in self._feeders:
             if feeder.error is None:
                 feeder.queue.put(length)
-        if self._hasher is None:
-            return
-        if self._zeros is None:
-            self._zeros = memoryview(bytes(self._chunk_size))
-        while length > 0:
-            n = min(length, len(self._zeros))
-            self._hasher.update(self._zeros[:n])
-            length -= n
+        if self._hasher is not None:
+            self._hasher.update_zeros(length)
 
 
 def settle_failures(

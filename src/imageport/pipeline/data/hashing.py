@@ -19,6 +19,7 @@ from imageport.pipeline.data.extents import read_extents
 
 SUPPORTED_ALGOS = ("sha256", "sha384", "sha512")
 _PARALLEL_MIN = 256 * 1024  # bytes; below this, a thread hand-off costs more than it saves
+_ZERO_PIECE = 8 * 1024 * 1024  # bytes of zeros hashed per step of update_zeros
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class MultiHasher:
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._secure = hashlib.new(algo)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash")
+        self._zeros: memoryview | None = None  # allocated at the first hole only
         self.size = 0
 
     def update(self, data: memoryview | bytes) -> None:
@@ -55,6 +57,15 @@ class MultiHasher:
         future = self._pool.submit(self._secure.update, data)
         self._md5.update(data)
         future.result()
+
+    def update_zeros(self, length: int) -> None:
+        """Hash ``length`` zero bytes (a hole: its bytes are never read, only hashed)."""
+        if self._zeros is None:
+            self._zeros = memoryview(bytes(_ZERO_PIECE))
+        while length > 0:
+            n = min(length, len(self._zeros))
+            self.update(self._zeros[:n])
+            length -= n
 
     def digests(self) -> Digests:
         """The hex digests so far."""
@@ -83,17 +94,12 @@ class MultiHasher:
 
 def hash_file(path: Path, algo: str, buffer: bytearray) -> Digests:
     """MD5 and ``algo`` of a local file; its holes are hashed from zeros, never read."""
-    zeros = memoryview(bytes(len(buffer)))
     with MultiHasher(algo) as hasher:
         for piece in read_extents(path, buffer):
             if piece.data is not None:
                 hasher.update(piece.data)
-                continue
-            left = piece.hole
-            while left:
-                n = min(left, len(zeros))
-                hasher.update(zeros[:n])
-                left -= n
+            else:
+                hasher.update_zeros(piece.hole)
         return hasher.digests()
 
 

@@ -101,7 +101,6 @@ def write_raw(
     (cancel, shutdown): the partial ``target`` is the caller's to remove.
     """
     view = memoryview(buffer)
-    zeros = memoryview(bytes(len(buffer)))
     done = 0
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     # The output is fsynced when a file store takes it: flushing as it is written lets the
@@ -115,7 +114,7 @@ def write_raw(
                 while done < end:
                     n = min(len(view), end - done)
                     if run.offset is None:
-                        hasher.update(zeros[:n])  # a hole: hashed, never written
+                        hasher.update_zeros(n)  # a hole: hashed, never written
                     else:
                         at = run.offset + done - run.start
                         got = os.preadv(src, [view[:n]], at)
