@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     stores: dict[str, StoreSettings] = Field(default_factory=dict)
     target_format: DiskFormat | None = None
     hash_algo: Literal["sha256", "sha384", "sha512"] = "sha512"
+    # Convert a qcow2 bound for raw while it is staged (pipeline/data/early.py).
+    early_conversion: bool = True
     owner: str | None = None
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=64 * 1024)
     max_image_bytes: int = Field(default=DEFAULT_MAX_IMAGE_BYTES, gt=0)

@@ -23,6 +23,8 @@ that says what to do about it::
     │   │   └── QemuOutputTooLarge    qemu-img printed more than its output cap
     │   └── Cancelled                 an administrator cancelled the import
     ├── NotFound                      an image or task id that does not exist
+    ├── NotStreamable                 (internal) a staging image the early conversion does
+    │                                 not follow; it is converted once staged instead
     ├── StateError                    a status change that the state machine refuses
     │   ├── IllegalTransition         the transition is not in the state machine at all
     │   └── StateConflict             the record moved on under us (compare-and-set lost)
@@ -172,6 +174,12 @@ class Cancelled(PermanentError):
     """An administrator cancelled the import."""
 
     code = "cancelled"
+
+
+class NotStreamable(PipelineError):
+    """An image the early conversion does not follow (never shown: it converts later)."""
+
+    code = "not_streamable"
 
 
 class NotFound(PipelineError):

@@ -8,8 +8,10 @@ computed while it arrived.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sqlite3
 import subprocess
 
 from api_support import OCTETS, api_client, api_server, wait_status
@@ -73,3 +75,33 @@ def test_an_upload_stored_as_it_is_keeps_the_digests_it_arrived_with(tmp_path):
     assert image["os_hash_value"] == hashlib.sha512(data).hexdigest()
     assert image["size"] == len(data)
     assert scan["md5"] == image["checksum"]
+
+
+def test_an_upload_of_declared_length_is_converted_while_it_arrives(tmp_path):
+    src = make_qcow2(tmp_path / "disk.qcow2", virtual=64 * MIB, data=8 * MIB)
+    reference = tmp_path / "reference.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(reference)], check=True
+    )
+    data_dir = tmp_path / "data"
+    with api_server(data_dir, target_format="raw") as server:
+        client = api_client(server.url)
+        image = client.post(
+            "/v2/images", json={"name": "e", "disk_format": "qcow2", "container_format": "bare"}
+        ).json()
+        # A body of known length (Content-Length): the API follows it with the early conversion.
+        staged = client.put(
+            f"/v2/images/{image['id']}/stage", content=src.read_bytes(), headers=OCTETS
+        )
+        assert staged.status_code == 204, staged.text
+        started = client.post(
+            f"/v2/images/{image['id']}/import", json={"method": {"name": "glance-direct"}}
+        )
+        assert started.status_code == 202, started.text
+        image = wait_status(client, image["id"], "active")
+
+    assert (image["checksum"], image["os_hash_value"]) == file_digests(reference)
+    with contextlib.closing(sqlite3.connect(data_dir / "imageport.db")) as db:
+        [(output,)] = db.execute("SELECT output FROM stage_runs WHERE stage = 'convert'")
+    assert json.loads(output)["early"] is True
+    assert list(data_dir.rglob("early.*")) == []

@@ -6,7 +6,9 @@ raw`` makes of the same file; the convert stage's output says which path wrote i
 layouts a one-pass reader could get wrong are here: cluster sizes from 512 bytes to 2 MiB, a
 virtual size that is not a whole number of clusters, zero clusters, data clusters full of
 zeros, host clusters in reverse guest order, compat 0.10, and the cases that must fall back to
-qemu-img convert (compressed clusters, a map past its cap).
+qemu-img convert (compressed clusters, a map past its cap). Each layout is imported twice:
+written by the conversion stage from the map, and converted early while it was staged
+(tests/integration/test_early_convert.py covers the early path's own rules).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import subprocess
 
 import pytest
 
-from imageport.pipeline import runner
+from imageport.pipeline import Services, runner
 from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.safety import qemu
@@ -90,8 +92,19 @@ CASES = {
 }
 
 
+@pytest.fixture
+def late_services(settings):
+    """Services whose stage step converts nothing early: the conversion stage does it all."""
+    opened = Services.from_settings(settings.model_copy(update={"early_conversion": False}))
+    opened.db.upgrade()
+    yield opened
+    opened.close()
+
+
+@pytest.mark.parametrize("converted", ["early", "late"])
 @pytest.mark.parametrize("name", CASES)
-def test_mapped_output_is_qemu_img_converts(name, services, settings, tmp_path):
+def test_mapped_output_is_qemu_img_converts(name, converted, request, settings, tmp_path):
+    services = request.getfixturevalue("services" if converted == "early" else "late_services")
     size, writes, options = CASES[name]
     src = _qcow2(tmp_path / "disk.qcow2", size, writes, *options)
     reference = _reference(src, tmp_path)
@@ -99,6 +112,7 @@ def test_mapped_output_is_qemu_img_converts(name, services, settings, tmp_path):
     image, outputs = _import(services, src)
 
     assert outputs["convert"]["mapped"] is True
+    assert outputs["convert"]["early"] is (converted == "early")
     stored = stored_path(image["locations"][0]["url"])
     assert stored.read_bytes() == reference.read_bytes()
     md5, sha512 = file_digests(reference)
@@ -188,7 +202,7 @@ def test_a_dynamic_vhd_is_written_from_its_map_too(services, tmp_path):
     assert image["checksum"] == file_digests(reference)[0]
 
 
-def test_space_admission_counts_what_the_map_says_is_written(services, tmp_path, monkeypatch):
+def test_space_admission_counts_what_the_map_says_is_written(late_services, tmp_path, monkeypatch):
     asked = []
     real_admit = conversion.space.admit
 
@@ -199,7 +213,7 @@ def test_space_admission_counts_what_the_map_says_is_written(services, tmp_path,
     monkeypatch.setattr(conversion.space, "admit", admit)
     src = _qcow2(tmp_path / "disk.qcow2", 256 * MIB, ["write -P 1 0 1M", "write -P 2 200M 2M"])
 
-    _, outputs = _import(services, src)
+    _, outputs = _import(late_services, src)
 
     # 3 MiB of data ranges, not the 256 MiB a qemu-img convert output may take.
     assert ("convert", 3 * MIB) in asked

@@ -194,6 +194,7 @@ async def _receive(
             # glance-direct declares no digests: the upload's own are needed only when the
             # import will store it as it is (no conversion by the operator's policy).
             hashed=ctx.settings.target_format in (None, disk_format),
+            target_format=ctx.settings.target_format,
         )
         _record_staged(ctx, image_id, scanned.disk_size)
         return scanned

@@ -82,6 +82,9 @@ class ConvertedOutput(StageOutput):
     virtual_size: int | None = None
     #: Written from ``qemu-img map`` in one pass (else by ``qemu-img convert``).
     mapped: bool = False
+    #: Written while the image was staged, by the early conversion (its layout checked
+    #: against ``qemu-img map`` of the inspected file; see pipeline/data/early.py).
+    early: bool = False
     #: The output's digests when they were computed while it was written.
     md5: str | None = None
     hash_algo: str | None = None

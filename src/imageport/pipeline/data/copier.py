@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +21,15 @@ class KernelCopier:
     are skipped, so holes stay holes.
     """
 
-    def __init__(self, source: Path, fd: int, *, sync_every: int | None = None) -> None:
+    def __init__(
+        self,
+        source: Path,
+        fd: int,
+        *,
+        sync_every: int | None = None,
+        thread_init: Callable[[], None] | None = None,
+        done: Callable[[int], None] | None = None,
+    ) -> None:
         """Copy from ``source`` into ``fd``.
 
         Args:
@@ -29,10 +38,16 @@ class KernelCopier:
             sync_every: flush the target to disk after this many bytes copied (on the helper
                 thread), for a target that will be fsynced when done: the write-back then
                 overlaps the reading and hashing instead of all waiting for the final fsync.
+            thread_init: run first on the helper thread (e.g. to lower its priority).
+            done: called on the helper thread with the end offset of each chunk once it is
+                in the target, in order (a reader following the target as it fills).
         """
         self._src = os.open(source, os.O_RDONLY)
         self._dst = fd
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-copy")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="stage-copy", initializer=thread_init
+        )
+        self._done = done
         self._futures: list[Future[None]] = []
         self._sync_every = sync_every
         self._unsynced = 0  # bytes copied since the last flush (helper thread only)
@@ -48,7 +63,8 @@ class KernelCopier:
         self._raise_failures()
         shift = 0 if to is None else to - offset
         runs = [(offset + a, b - a, shift) for a, b in data_runs(chunk)]
-        self._futures.append(self._pool.submit(self._copy_runs, runs))
+        end = offset + shift + len(chunk)
+        self._futures.append(self._pool.submit(self._copy_runs, runs, end))
 
     def finish(self) -> None:
         """Wait for every queued copy; raise the first failure."""
@@ -67,7 +83,7 @@ class KernelCopier:
             future.result()
             self._futures.remove(future)
 
-    def _copy_runs(self, runs: list[tuple[int, int, int]]) -> None:
+    def _copy_runs(self, runs: list[tuple[int, int, int]], end: int) -> None:
         for start, length, shift in runs:
             copied = 0
             try:
@@ -85,3 +101,5 @@ class KernelCopier:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace("staging ran out of space: free space there and retry") from exc
                 raise
+        if self._done is not None:
+            self._done(end)

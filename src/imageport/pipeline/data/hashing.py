@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,8 @@ class Digests:
 class MultiHasher:
     """Feeds every buffer to MD5 and one multihash algorithm, the two in parallel."""
 
-    def __init__(self, algo: str) -> None:
+    def __init__(self, algo: str, *, thread_init: Callable[[], None] | None = None) -> None:
+        """Hash with MD5 and ``algo``; ``thread_init`` runs first on the helper thread."""
         if algo not in SUPPORTED_ALGOS:
             raise InvalidRequest(
                 f"unsupported hash algorithm {algo!r}; use one of {', '.join(SUPPORTED_ALGOS)}"
@@ -43,7 +45,9 @@ class MultiHasher:
         self.algo = algo
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._secure = hashlib.new(algo)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="hash", initializer=thread_init
+        )
         self._zeros: memoryview | None = None  # allocated at the first hole only
         self.size = 0
 

@@ -18,8 +18,9 @@ None, and the caller converts with ``qemu-img convert`` instead.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,72 @@ def _run(extent: dict[str, Any], pos: int, file_size: int) -> Run | None:
     return Run(start, length, offset)
 
 
+def coalesce(runs: Iterable[Run], max_data: int | None = None) -> Iterator[Run]:
+    """Merge neighbouring runs: holes with holes, data with data that continues in the file.
+
+    Two lists of runs describe the same guest exactly when their coalesced forms are equal
+    (``qemu-img map`` splits and merges extents by its own rules). ``max_data`` caps a merged
+    data run, so a reader that follows a file as it arrives can start on it sooner.
+    """
+    pending: Run | None = None
+    for run in runs:
+        if pending is not None and _continues(pending, run, max_data):
+            pending = Run(pending.start, pending.length + run.length, pending.offset)
+            continue
+        if pending is not None:
+            yield pending
+        pending = run
+    if pending is not None:
+        yield pending
+
+
+def _continues(last: Run, run: Run, max_data: int | None) -> bool:
+    if last.offset is None or run.offset is None:
+        return last.offset is None and run.offset is None
+    if max_data is not None and last.length + run.length > max_data:
+        return False
+    return last.offset + last.length == run.offset
+
+
+class LayoutDigest:
+    """A digest of a guest layout (its coalesced runs), fed one run at a time in guest order.
+
+    Lets two descriptions of one image be compared without keeping either in memory: a
+    hostile layout can have millions of runs.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._pending: Run | None = None
+
+    def add(self, run: Run) -> None:
+        """Account for the next run."""
+        pending = self._pending
+        if pending is not None and _continues(pending, run, None):
+            self._pending = Run(pending.start, pending.length + run.length, pending.offset)
+            return
+        self._flush()
+        self._pending = run
+
+    def hexdigest(self) -> str:
+        """The digest of every run added so far."""
+        self._flush()
+        return self._hash.hexdigest()
+
+    def _flush(self) -> None:
+        run, self._pending = self._pending, None
+        if run is not None:
+            self._hash.update(f"{run.start}:{run.length}:{run.offset};".encode())
+
+
+def layout_digest(runs: Iterable[Run]) -> str:
+    """The :class:`LayoutDigest` of ``runs``."""
+    digest = LayoutDigest()
+    for run in runs:
+        digest.add(run)
+    return digest.hexdigest()
+
+
 def data_bytes(runs: Sequence[Run]) -> int:
     """How many bytes of the guest are read from the image file."""
     return sum(r.length for r in runs if r.offset is not None)
@@ -89,23 +156,28 @@ def data_bytes(runs: Sequence[Run]) -> int:
 
 def write_raw(
     source: Path,
-    runs: Sequence[Run],
+    runs: Iterable[Run],
     target: Path,
     hasher: MultiHasher,
     buffer: bytearray,
     progress: Callable[[int], None],
+    *,
+    ready: Callable[[int], None] | None = None,
+    thread_init: Callable[[], None] | None = None,
 ) -> Digests:
     """Write the guest described by ``runs`` to ``target`` as a sparse raw file; hash it.
 
     ``progress`` is called with the guest bytes done after every chunk; it may raise to stop
-    (cancel, shutdown): the partial ``target`` is the caller's to remove.
+    (cancel, shutdown): the partial ``target`` is the caller's to remove. ``ready(end)``, when
+    given, is called before bytes up to ``end`` of ``source`` are read: it returns once they
+    are there (a file still being staged). ``thread_init`` runs first on the copy thread.
     """
     view = memoryview(buffer)
     done = 0
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     # The output is fsynced when a file store takes it: flushing as it is written lets the
     # disk work while the hashes run, instead of after them.
-    copier = KernelCopier(source, fd, sync_every=SYNC_EVERY)
+    copier = KernelCopier(source, fd, sync_every=SYNC_EVERY, thread_init=thread_init)
     try:
         with source.open("rb", buffering=0) as handle:
             src = handle.fileno()
@@ -117,9 +189,15 @@ def write_raw(
                         hasher.update_zeros(n)  # a hole: hashed, never written
                     else:
                         at = run.offset + done - run.start
+                        if ready is not None:
+                            ready(at + n)
                         got = os.preadv(src, [view[:n]], at)
-                        if got != n:
+                        if got != n and ready is None:
                             raise StagingLost("the staged file shrank while it was converted")
+                        if got != n:
+                            # A file being staged has its trailing zeros as a hole that is not
+                            # yet part of its length: ``ready`` said these bytes are final.
+                            view[got:n] = bytes(n - got)
                         # The kernel copies the non-zero blocks while both hashes run here.
                         copier.copy(view[:n], at, to=done)
                         hasher.update(view[:n])

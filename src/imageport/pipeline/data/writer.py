@@ -10,6 +10,7 @@ two chunk buffers per writer, allocated at the first chunk (an idle upload costs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from imageport.pipeline.data import extents
@@ -21,8 +22,16 @@ BUFFERS = 2  # one being written, one being filled
 class BackgroundWriter:
     """Writes the non-zero runs of chunks at their offsets in ``fd``; zero blocks stay holes."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, done: Callable[[int], None] | None = None) -> None:
+        """Write into ``fd``.
+
+        Args:
+            fd: the target, open for writing.
+            done: called on the helper thread with the end offset of each chunk once it is
+                in the file, in order (a reader following the file as it fills).
+        """
         self._fd = fd
+        self._done = done
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._free: list[bytearray] = []
         self._allocated = 0
@@ -37,11 +46,16 @@ class BackgroundWriter:
         """
         runs = list(data_runs(chunk))
         if not runs:
+            if self._done is not None:
+                # Nothing to write, but the follower hears of it after the earlier writes.
+                told = self._pool.submit(self._done, offset + len(chunk))
+                self._pending.append((told, bytearray()))
             return  # all zeros: a hole, nothing to write
         buffer = self._buffer(len(chunk))
         view = memoryview(buffer)
         view[: len(chunk)] = chunk
-        self._pending.append((self._pool.submit(self._write, view, runs, offset), buffer))
+        written = self._pool.submit(self._write, view, runs, offset, len(chunk))
+        self._pending.append((written, buffer))
 
     def finish(self) -> None:
         """Wait until every queued chunk is written; raise the first failure."""
@@ -65,9 +79,14 @@ class BackgroundWriter:
 
     def _settle_oldest(self) -> None:
         future, buffer = self._pending.pop(0)
-        self._free.append(buffer)
+        if buffer:
+            self._free.append(buffer)
         future.result()
 
-    def _write(self, view: memoryview, runs: list[tuple[int, int]], offset: int) -> None:
+    def _write(
+        self, view: memoryview, runs: list[tuple[int, int]], offset: int, length: int
+    ) -> None:
         for start, end in runs:
             extents.pwrite_all(self._fd, view[start:end], offset + start)
+        if self._done is not None:
+            self._done(offset + length)

@@ -12,6 +12,7 @@ exactly once between the client's socket and the ``inspect`` stage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 from imageport.config import Settings
 from imageport.errors import SourceNotFound
 from imageport.pipeline.context import STAGED_NAME, JobContext, Services
+from imageport.pipeline.data import early
 from imageport.pipeline.data.scan import ScanResult, scan
 from imageport.pipeline.data.sources import file_chunks
 from imageport.pipeline.data.space import check_space
@@ -59,6 +61,7 @@ def receive_upload(
     disk_format: str | None,
     length: int | None,
     hashed: bool = True,
+    target_format: str | None = None,
 ) -> ScanResult:
     """Stream ``chunks`` into the image's upload file in one scanning pass; return the scan.
 
@@ -71,6 +74,8 @@ def receive_upload(
         length: the body's declared length, used only for the free-space check.
         hashed: compute MD5 and the multihash (only worth it when the upload will be stored
             as it is; a converted image is hashed as its output is written).
+        target_format: the format its import will convert to, if known: a qcow2 going to
+            raw is converted while it arrives (:mod:`imageport.pipeline.data.early`).
 
     Raises:
         SizeLimitExceeded: the body passed ``max_image_bytes`` (``upload_limit``).
@@ -82,7 +87,13 @@ def receive_upload(
     folder.mkdir(mode=0o700, parents=True)
     try:
         check_space(folder, length)
-        scanned = _write(settings, folder / SOURCE_NAME, chunks, disk_format, hashed=hashed)
+        scanned = _write(
+            settings,
+            folder / SOURCE_NAME,
+            chunks,
+            (disk_format, target_format, length),
+            hashed=hashed,
+        )
         record = json.dumps({"declared": disk_format, **scanned.model_dump(mode="json")}).encode()
         # Remote staging: the bytes first, the scan last; its presence marks a complete upload
         # for a worker on another host, as the local scan file does here.
@@ -99,34 +110,48 @@ def _write(
     settings: Settings,
     target: Path,
     chunks: Iterator[memoryview],
-    disk_format: str | None,
+    formats: tuple[str | None, str | None, int | None],
     *,
     hashed: bool,
 ) -> ScanResult:
+    """Write and scan the upload; ``formats``: declared format, target format, length."""
+    disk_format, target_format, length = formats
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    # Zero blocks stay holes, as in the stage step; the writes overlap the receiving.
-    writer = BackgroundWriter(fd)
+    following = early.following(
+        target,
+        disk_format=disk_format,
+        target_format=target_format,
+        expected_size=length,
+        settings=settings,
+        nice=early.UPLOAD_NICE,
+    )
     try:
-        scanned = scan(
-            chunks,
-            settings,
-            declared=disk_format,
-            extra_algo=None,
-            sink=writer.write,
-            hashed=hashed,
-        )
-        if not scanned.complete:
-            scanned.verdict.raise_if_rejected()
-        writer.finish()
-        os.ftruncate(fd, scanned.disk_size or 0)
+        with following as follower:
+            # Zero blocks stay holes, as in the stage step; the writes overlap the receiving.
+            told = follower.advance if follower is not None else None
+            with contextlib.closing(BackgroundWriter(fd, done=told)) as writer:
+                scanned = scan(
+                    chunks,
+                    settings,
+                    declared=disk_format,
+                    extra_algo=None,
+                    sink=writer.write,
+                    hashed=hashed,
+                )
+                if not scanned.complete:
+                    scanned.verdict.raise_if_rejected()
+                writer.finish()
+            os.ftruncate(fd, scanned.disk_size or 0)
+            if follower is not None:
+                follower.complete(scanned.disk_size or 0)
     finally:
-        writer.close()
         os.close(fd)
     return scanned
 
 
 def discard_upload(settings: Settings, staging_area: StagingArea, image_id: str) -> None:
     """Remove the image's staged upload, if any (here and in remote staging)."""
+    early.stop(upload_dir(settings, image_id) / SOURCE_NAME)
     shutil.rmtree(upload_dir(settings, image_id), ignore_errors=True)
     staging_area.discard(*upload_names(image_id))
 
@@ -155,7 +180,9 @@ def adopt(ctx: JobContext, services: Services) -> StagedOutput:
     remote_url = services.staging.url_of(_remote_source(ctx.image_id))
     if (folder / SOURCE_NAME).is_file() and (folder / SCAN_NAME).is_file():
         work.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Renames within the staging file system: the bytes are not copied again.
+        # Renames within the staging file system: the bytes are not copied again. The early
+        # conversion's output goes along (once its follower is done with the upload folder).
+        early.move(folder / SOURCE_NAME, target)
         (folder / SCAN_NAME).replace(scan_file)
         (folder / SOURCE_NAME).replace(target)
         shutil.rmtree(folder, ignore_errors=True)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
+
 from imageport.errors import ConversionFailed
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.data import mapped, space, staging_area
+from imageport.pipeline.data import early, mapped, space, staging_area
 from imageport.pipeline.data.hashing import Digests, MultiHasher
 from imageport.pipeline.data.staging_area import Tick
 from imageport.pipeline.outputs import ConvertedOutput, InspectedOutput
@@ -29,6 +31,8 @@ from imageport.pipeline.safety.headers import magic_format, qcow2_problem
 from imageport.pipeline.safety.inspector import HEAD_SIZE
 from imageport.pipeline.safety.qemu import QemuInfo, qemu_format
 from imageport.pipeline.stages.base import BaseStage
+
+log = structlog.get_logger(__name__)
 
 
 class Conversion(BaseStage):
@@ -48,7 +52,7 @@ class Conversion(BaseStage):
         out = ctx.converted_path
         total = inspected.virtual_size
 
-        digests = _convert(ctx, services, source_format, target_format, total)
+        digests, converted_early = _convert(ctx, services, source_format, target_format, total)
         _check_head(out, target_format)  # our own eyes first, then qemu-img's
         info = services.qemu.info(out, target_format)
         _check_output(info, target_format)
@@ -65,6 +69,7 @@ class Conversion(BaseStage):
             size=out.stat().st_size,
             virtual_size=int(info["virtual-size"]),
             mapped=digests is not None,
+            early=converted_early,
             md5=digests.md5 if digests else None,
             hash_algo=digests.algo if digests else None,
             hash_value=digests.value if digests else None,
@@ -101,18 +106,21 @@ STAGE = Conversion()
 
 def _convert(
     ctx: JobContext, services: Services, source_format: str, target_format: str, total: int
-) -> Digests | None:
-    """Write the output; its digests when it was hashed on the way (None: not hashed)."""
+) -> tuple[Digests | None, bool]:
+    """Write the output; its digests if hashed on the way (else None), and if written early."""
     staged, out = ctx.staged_path, ctx.converted_path
     if target_format == "raw" and source_format in mapped.FORMATS:
         extents = services.qemu.map(staged, source_format)
         runs = None if extents is None else mapped.plan(extents, total, staged.stat().st_size)
         if runs is not None:
+            adopted = _adopt_early(ctx, runs, total)
+            if adopted is not None:
+                return adopted, True
             # Admission: written from the map, the output allocates exactly its data ranges;
             # when that does not fit here, the job is handed back, not failed.
             space.admit(ctx.scratch_dir, mapped.data_bytes(runs), ctx.settings, "convert")
             with MultiHasher(ctx.settings.hash_algo) as hasher:
-                return mapped.write_raw(
+                written = mapped.write_raw(
                     staged,
                     runs,
                     out,
@@ -120,7 +128,10 @@ def _convert(
                     bytearray(ctx.settings.chunk_size),
                     lambda done: ctx.progress(done, total),
                 )
+            return written, False
 
+    early.stop(staged)
+    early.discard(staged)  # qemu-img converts: whatever the follower left is of no use
     # qemu-img's output allocates at most the virtual size (compressed clusters expand up to
     # it), so that much must fit.
     space.admit(ctx.scratch_dir, total, ctx.settings, "convert")
@@ -129,7 +140,40 @@ def _convert(
         ctx.progress(int(total * percent / 100), total)
 
     services.qemu.convert(staged, source_format, out, target_format, on_progress)
-    return None
+    return None, False
+
+
+def _adopt_early(ctx: JobContext, runs: list[mapped.Run], total: int) -> Digests | None:
+    """The output converted while the image was staged, if it is exactly this conversion's.
+
+    The follower's layout was read from the file before the inspector saw it: it counts only
+    when qemu-img's map of the inspected file has the same digest, the staged file is the one
+    it followed, and the hash algorithm is still the configured one.
+    """
+    staged = ctx.staged_path
+    found = early.collect(staged)
+    if found is None:
+        return None
+    result, output = found
+    same = (
+        result.layout == mapped.layout_digest(runs)
+        and result.staged == early.identity(staged)
+        and result.algo == ctx.settings.hash_algo
+        and result.size == total
+    )
+    try:
+        if same:
+            output.replace(ctx.converted_path)
+    except OSError:
+        same = False  # e.g. scratch on another file system: convert as usual
+    finally:
+        early.discard(staged)
+    if not same:
+        log.info("early_conversion_unused", task_id=ctx.task_id)
+        return None
+    log.info("early_conversion_used", task_id=ctx.task_id)
+    ctx.progress(total, total)
+    return Digests(md5=result.md5, algo=result.algo, value=result.value, size=result.size)
 
 
 def _check_head(path: Path, target_format: str) -> None:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from imageport.pipeline.context import JobContext, Services
-from imageport.pipeline.data import decompression, space, staging_area
+from imageport.pipeline.data import decompression, early, space, staging_area
 from imageport.pipeline.data.copier import KernelCopier
 from imageport.pipeline.data.scan import ScanResult, coalesce, scan
 from imageport.pipeline.data.sources import SourceInfo, file_chunks, http_stream
@@ -173,10 +173,43 @@ def _copy(
     # keep > 0: the first ``keep`` bytes are already staged (a resumed download).
     flags = os.O_WRONLY | os.O_CREAT | (0 if keep else os.O_TRUNC)
     fd = os.open(target, flags, 0o600)
+    # A qcow2 converted to raw is converted while it is staged (not a resumed download: the
+    # follower must see every byte land).
+    following = early.following(
+        target,
+        disk_format=ctx.request.disk_format if not keep else None,
+        target_format=ctx.request.final_format,
+        expected_size=info.length,
+        settings=ctx.settings,
+    )
+    try:
+        with following as follower:
+            told = follower.advance if follower is not None else None
+            scanned = _scan_into(ctx, chunks, fd, info, keep, told)
+            os.ftruncate(fd, scanned.disk_size or 0)
+            # No fsync: the staged file only has to survive a worker crash (the page cache
+            # does), and a lost host loses local staging anyway; syncing would cost a full
+            # write-back of the source on the hot path.
+            if follower is not None:
+                follower.complete(scanned.disk_size or 0)
+    finally:
+        os.close(fd)
+    return scanned
+
+
+def _scan_into(
+    ctx: JobContext,
+    chunks: Iterator[memoryview],
+    fd: int,
+    info: SourceInfo,
+    keep: int,
+    told: Callable[[int], None] | None,
+) -> ScanResult:
+    """Scan ``chunks`` and write them into ``fd``; ``told`` hears how far the file is written."""
     total = None if info.length is None else info.start + info.length
-    copier = _kernel_copier(ctx, fd) if not keep else None
+    copier = _kernel_copier(ctx, fd, told) if not keep else None
     # Zero blocks are not written: they stay holes, so staged raw images stay sparse.
-    writer = BackgroundWriter(fd) if copier is None else None
+    writer = BackgroundWriter(fd, done=told) if copier is None else None
     try:
 
         def sink(chunk: memoryview, offset: int) -> None:
@@ -203,20 +236,17 @@ def _copy(
         if not scanned.complete:
             # Refused from its first bytes: fail the stage before staging the rest.
             scanned.verdict.raise_if_rejected()
-        os.ftruncate(fd, scanned.disk_size or 0)
-        # No fsync: the staged file only has to survive a worker crash (the page cache does),
-        # and a lost host loses local staging anyway; syncing would cost a full write-back of
-        # the source on the hot path.
     finally:
         if copier is not None:
             copier.close()
         if writer is not None:
             writer.close()
-        os.close(fd)
     return scanned
 
 
-def _kernel_copier(ctx: JobContext, fd: int) -> KernelCopier | None:
+def _kernel_copier(
+    ctx: JobContext, fd: int, done: Callable[[int], None] | None
+) -> KernelCopier | None:
     """A kernel copier for an uncompressed local file (its staged bytes equal its bytes)."""
     if ctx.request.method != "local-file":
         return None
@@ -228,4 +258,4 @@ def _kernel_copier(ctx: JobContext, fd: int) -> KernelCopier | None:
         return None  # the normal path reports the error
     if decompression.detect(head) is not None:
         return None  # staged bytes are the decompressed output, not the file's bytes
-    return KernelCopier(path, fd)
+    return KernelCopier(path, fd, done=done)
