@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,13 +14,12 @@ from imageport.cli.common import (
     services,
     settings,
 )
-from imageport.cli.jobs import Enqueuer
-from imageport.cli.progress import wait_for_task
 from imageport.errors import InvalidRequest
-from imageport.pipeline import ImportRequest, Services, run_import, stage_names
-from imageport.records import ImageStatus, TaskStatus, repository
-from imageport.records.reserved import IMPORTING_TO_STORES
-from imageport.workers.reaper import reap
+
+# The pipeline, the records and the workers are imported inside the commands: see
+# cli/common.py on start-up time.
+if TYPE_CHECKING:
+    from imageport.pipeline import Services
 
 CANCEL_WAIT_SECONDS = 60.0  # how long `cancel` waits for the worker to stop the job
 
@@ -55,7 +54,7 @@ def worker_command(
         pass  # fail fast on a bad configuration, before any process starts
     # Imported here: the supervisor brings the metrics server and the broker clients, which
     # no other command needs.
-    from imageport.workers.supervisor import supervise  # noqa: PLC0415
+    from imageport.workers.supervisor import supervise
 
     code = supervise(
         conf,
@@ -70,6 +69,9 @@ def worker_command(
 
 def watch_command(task_id: str) -> None:
     """Show live per-stage progress of a task; exit 0 if it succeeds, 1 if it fails."""
+    from imageport.cli.progress import wait_for_task
+    from imageport.records import TaskStatus, repository
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
         status = wait_for_task(svc, task_id, show=True)
@@ -81,6 +83,9 @@ def watch_command(task_id: str) -> None:
 
 def cancel_command(task_id: str) -> None:
     """Stop a running or queued import; its data is removed and the image goes back to queued."""
+    from imageport.pipeline import run_import
+    from imageport.records import TaskStatus, repository
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
         with svc.db.session() as session:
@@ -109,6 +114,10 @@ def retry_command(
     ] = None,
 ) -> None:
     """Re-run a failed import, by default from the stage that failed (reusing earlier output)."""
+    from imageport.cli.jobs import Enqueuer
+    from imageport.cli.progress import wait_for_task
+    from imageport.records import TaskStatus
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
         _reopen(svc, task_id, from_stage)
@@ -125,6 +134,9 @@ def reap_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Requeue or fail imports whose worker stopped renewing its lease; resend lost messages."""
+    from imageport.cli.jobs import Enqueuer
+    from imageport.workers.reaper import reap
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc, Enqueuer(svc) as actors:
         report = reap(svc, actors.enqueue_import).as_dict()
@@ -136,6 +148,9 @@ def reap_command(
 
 
 def _reopen(svc: Services, task_id: str, from_stage: str | None) -> None:
+    from imageport.records import ImageStatus, TaskStatus, repository
+    from imageport.records.reserved import IMPORTING_TO_STORES
+
     with svc.db.session() as session:
         task = repository.get_task(session, task_id)
         if task.status != TaskStatus.FAILURE:
@@ -164,4 +179,6 @@ def _reopen(svc: Services, task_id: str, from_stage: str | None) -> None:
 
 def task_stage_names(task_input: dict[str, object]) -> list[str]:
     """The stage names of a recorded task input, in order."""
+    from imageport.pipeline import ImportRequest, stage_names
+
     return stage_names(ImportRequest.model_validate(task_input["request"]))

@@ -36,9 +36,9 @@ def api_command(
         raise typer.Exit(EXIT_USAGE)
     # Imported here, not at the top: every other command would pay for loading the web stack
     # (about half a second), an `imageport import` included.
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from imageport.api import create_app  # noqa: PLC0415
+    from imageport.api import create_app
 
     app = create_app(conf)
     uvicorn.run(

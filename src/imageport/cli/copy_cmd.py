@@ -11,8 +11,6 @@ from imageport.cli.common import (
     services,
     settings,
 )
-from imageport.cli.jobs import run_job
-from imageport.pipeline import submit_copy
 
 
 def copy_command(
@@ -34,6 +32,10 @@ def copy_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
 ) -> None:
     """Copy an active image to more stores; it stays active throughout."""
+    # Imported here, not at the top: see cli/common.py on start-up time.
+    from imageport.cli.jobs import run_job
+    from imageport.pipeline import submit_copy
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
         submitted = submit_copy(

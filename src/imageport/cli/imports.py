@@ -13,10 +13,7 @@ from imageport.cli.common import (
     services,
     settings,
 )
-from imageport.cli.jobs import run_job
-from imageport.config import DISK_FORMATS
 from imageport.errors import InvalidRequest
-from imageport.pipeline import ImportRequest, submit_import
 
 
 def import_command(
@@ -54,6 +51,10 @@ def import_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
 ) -> None:
     """Import a disk image: stage, verify, inspect, convert, copy to stores, activate."""
+    # Imported here, not at the top: see cli/common.py on start-up time.
+    from imageport.cli.jobs import run_job
+    from imageport.pipeline import ImportRequest, submit_import
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
         method = "web-download" if urlsplit(source).scheme in ("http", "https") else "local-file"
@@ -75,6 +76,8 @@ def import_command(
 
 
 def _format_from_name(source: str) -> str:
+    from imageport.config import DISK_FORMATS
+
     suffix = Path(urlsplit(source).path).suffix.lstrip(".").lower()
     if suffix == "img":
         return "raw"

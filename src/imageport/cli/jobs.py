@@ -14,7 +14,7 @@ from imageport.pipeline import Services, Submitted
 from imageport.records import ImageStatus, TaskStatus, repository, serialize
 from imageport.workers.actors import Actors, declare_actors
 from imageport.workers.broker import build_broker
-from imageport.workers.embedded import EmbeddedWorker
+from imageport.workers.embedded import SHORT_LIVED_TIMEOUT_MS, EmbeddedWorker
 
 
 class Enqueuer:
@@ -30,7 +30,9 @@ class Enqueuer:
 
     def __enter__(self) -> Actors:
         if self._svc.settings.is_embedded:
-            self._embedded = EmbeddedWorker(self._svc).__enter__()
+            # A command's worker lives for one job: a short poll makes stopping it quick.
+            worker = EmbeddedWorker(self._svc, timeout_ms=SHORT_LIVED_TIMEOUT_MS)
+            self._embedded = worker.__enter__()
             return self._embedded.actors
         return declare_actors(build_broker(self._svc.settings), lambda: self._svc)
 

@@ -21,7 +21,6 @@ from imageport.cli.imports import import_command
 from imageport.cli.queue_cmd import queue_command
 from imageport.cli.show import images_app, tasks_app
 from imageport.cli.stores_cmd import stores_app
-from imageport.pipeline import Services, check_file
 
 app = typer.Typer(
     help="imageport: the import and conversion pipeline of an Image API v2 service.",
@@ -53,6 +52,8 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Run the stage, verify and inspect checks on FILE; nothing is stored."""
+    from imageport.pipeline import Services, check_file  # see cli/common.py on start-up
+
     conf = settings()
     with errors_to_exit():
         qemu = Services.build_qemu(conf)

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from imageport.cli.common import errors_to_exit, print_json, services, settings
-from imageport.workers.queues import project_queues, queue_depth
 
 
 def queue_command(
@@ -19,6 +18,9 @@ def queue_command(
     (max_inflight_per_project) or for space; only projects with queued or running imports
     are listed.
     """
+    # Imported here, not at the top: see cli/common.py on start-up time.
+    from imageport.workers.queues import project_queues, queue_depth
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
         with svc.db.session() as session:

@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from imageport.cli.common import errors_to_exit, print_json, services, settings
-from imageport.pipeline import delete_image
-from imageport.records import repository, serialize
+
+# The records and the pipeline are imported inside the commands: see cli/common.py on
+# start-up time.
 
 images_app = typer.Typer(help="List and show image records.", no_args_is_help=True)
 tasks_app = typer.Typer(help="List and show import tasks.", no_args_is_help=True)
@@ -33,6 +34,8 @@ def images_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List images, newest first."""
+    from imageport.records import repository, serialize
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc, svc.db.session() as session:
         docs = [serialize.image_to_dict(i, admin=True) for i in repository.list_images(session)]
@@ -54,6 +57,8 @@ def images_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one image record."""
+    from imageport.records import repository, serialize
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc, svc.db.session() as session:
         doc = serialize.image_to_dict(repository.get_image(session, image_id), admin=True)
@@ -66,6 +71,8 @@ def images_show(
 @images_app.command("delete")
 def images_delete(image_id: str) -> None:
     """Delete an image at once: cancel its import if one runs, remove every stored copy."""
+    from imageport.pipeline import delete_image
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc:
         done = delete_image(svc, image_id)
@@ -87,6 +94,8 @@ def tasks_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List import tasks, newest first."""
+    from imageport.records import repository, serialize
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc, svc.db.session() as session:
         docs = [serialize.task_to_dict(t) for t in repository.list_tasks(session, status=status)]
@@ -108,6 +117,8 @@ def tasks_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one task with its stage runs."""
+    from imageport.records import repository, serialize
+
     conf = settings()
     with errors_to_exit(), services(conf) as svc, svc.db.session() as session:
         task = repository.get_task(session, task_id)

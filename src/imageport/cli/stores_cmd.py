@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.table import Table
 
 from imageport.cli.common import errors_to_exit, print_json, settings
-from imageport.stores import build_stores
 
 stores_app = typer.Typer(help="List the configured stores.", no_args_is_help=True)
 out_console = Console()
@@ -20,6 +19,9 @@ def stores_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the stores images can be imported to (no database needed)."""
+    # Imported here, not at the top: see cli/common.py on start-up time.
+    from imageport.stores import build_stores
+
     conf = settings()
     with errors_to_exit():
         stores = build_stores(conf)

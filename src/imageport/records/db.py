@@ -15,24 +15,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
+# Alembic is imported inside the methods that need it, never here: its runtime costs about
+# 0.3 s to import, and upgrade() mostly finds the schema at head without it (schema_head.py).
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import OperationalError, SAWarning
+from sqlalchemy.exc import DBAPIError, OperationalError, SAWarning
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from imageport.errors import ConfigurationError
 from imageport.records.base import Base
+from imageport.records.schema_head import create_sqlite_head, migrations_head
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from sqlite3 import Connection as SQLiteConnection
 
+    from alembic.config import Config
     from sqlalchemy.engine import URL
 
 #: Directory of the Alembic environment shipped inside the package.
@@ -50,6 +48,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
     Args:
         connection: the connection ``env.py`` should migrate, if any.
     """
+    from alembic.config import Config  # noqa: PLC0415 - see the note on the imports
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -121,15 +121,23 @@ class Database:
         with self._sessions.begin() as session:
             yield session
 
-    def upgrade(self, revision: str = "head") -> None:
+    def upgrade(self, revision: str = "head", *, shortcuts: bool = True) -> None:
         """Migrate the schema to ``revision`` (default: the newest); a no-op when there.
+
+        With ``shortcuts`` (the default), upgrading to head needs no Alembic when the recorded
+        revision already is the head, nor on an empty SQLite database: that gets the schema
+        the migrations would build, replayed from ``sqlite_schema.json`` (see
+        :mod:`imageport.records.schema_head`; tests prove both equal to Alembic's work).
 
         Raises:
             ConfigurationError: if the database holds a revision these migrations do not know.
         """
+        shortcuts = shortcuts and revision == "head"
+        if shortcuts and self._at_head():
+            return
         for attempt in range(SQLITE_LOCKED_RETRIES + 1):
             try:
-                self._upgrade_once(revision)
+                self._upgrade_once(revision, replay=shortcuts and self.is_sqlite)
             except OperationalError as exc:
                 # SQLite answers "database is locked" at once, without waiting out the busy
                 # timeout, when two connections that each read first both want to write (it
@@ -143,9 +151,33 @@ class Database:
             else:
                 return
 
-    def _upgrade_once(self, revision: str) -> None:
+    def upgrade_with_alembic(self, revision: str = "head") -> None:
+        """:meth:`upgrade` through Alembic's migrations always, with no shortcut."""
+        self.upgrade(revision, shortcuts=False)
+
+    def _at_head(self) -> bool:
+        """Whether the one recorded revision is the migrations' head (False when unsure)."""
+        head = migrations_head()
+        if head is None:
+            return False
+        try:
+            with self.engine.connect() as connection:
+                recorded: list[str] = list(
+                    connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+                )
+        except DBAPIError:
+            return False  # no alembic_version table yet: a new database
+        return recorded == [head]
+
+    def _upgrade_once(self, revision: str, *, replay: bool) -> None:
         with self.engine.connect() as connection:
             self._lock_for_migration(connection)
+            if replay and create_sqlite_head(connection):
+                connection.commit()
+                return
+            from alembic import command  # noqa: PLC0415 - see the note on the imports
+            from alembic.util import CommandError  # noqa: PLC0415
+
             try:
                 command.upgrade(alembic_config(connection), revision)
             except CommandError as exc:
@@ -166,6 +198,8 @@ class Database:
 
     def current_revision(self) -> str | None:
         """Return the schema revision recorded in the database (None when empty)."""
+        from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
@@ -177,6 +211,10 @@ class Database:
                 pending, or ``schema_mismatch`` (listing the differences) if the models
                 and the migrated schema differ.
         """
+        from alembic.autogenerate import compare_metadata  # noqa: PLC0415
+        from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+        from alembic.script import ScriptDirectory  # noqa: PLC0415
+
         head = ScriptDirectory.from_config(alembic_config()).get_current_head()
         with self.engine.connect() as connection:
             context = MigrationContext.configure(

@@ -19,19 +19,33 @@ from imageport.workers.broker import build_broker
 from imageport.workers.reaper import reap_forever
 
 WORKER_TIMEOUT_MS = 100  # how long an idle worker thread waits for a message, milliseconds
+#: The same for a command that runs one job and exits: stopping the worker waits out this
+#: poll twice (its job threads, then its consumers), ~0.2 s at 100 ms on every `imageport
+#: import`; a busy job thread does not poll, so only the consumers wake this often meanwhile.
+SHORT_LIVED_TIMEOUT_MS = 10
 
 
 class EmbeddedWorker:
-    """Runs import jobs in a background thread of the current process (``memory://``)."""
+    """Runs import jobs in a background thread of the current process (``memory://``).
 
-    def __init__(self, services: Services, *, threads: int = 1, reaper: bool = False) -> None:
+    ``timeout_ms`` is how long an idle thread waits for a message; stopping waits it out.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        threads: int = 1,
+        reaper: bool = False,
+        timeout_ms: int = WORKER_TIMEOUT_MS,
+    ) -> None:
         self.broker = build_broker(services.settings)
         self.actors: Actors = declare_actors(self.broker, lambda: services)
         #: Set whenever a job message was processed: a waiter wakes at once, not at its poll.
         self.processed = threading.Event()
         self.broker.add_middleware(_Processed(self.processed))
         self._worker = dramatiq.Worker(
-            self.broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT_MS
+            self.broker, worker_threads=threads, worker_timeout=timeout_ms
         )
         self._stop = threading.Event()
         self._reaper = (

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -76,10 +77,22 @@ class PinnedTransport(httpx.BaseTransport):
     ) -> None:
         self.policy = policy
         self._resolver = resolver
-        # trust_env=False: SSL_CERT_FILE / SSL_CERT_DIR from the worker's env are not honoured.
-        self._ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        self._ssl_context = ssl_context  # None: built on first use, see _tls()
+        self._ssl_lock = threading.Lock()
         self._backend = network_backend or httpcore.SyncBackend()
         self._default_deadline = default_deadline
+
+    def _tls(self) -> ssl.SSLContext:
+        """The TLS context, the default one made on first use.
+
+        Loading certifi's roots takes ~40 ms, paid at start-up by every command that opens
+        the services, and most (a local-file import too) never connect anywhere.
+        """
+        with self._ssl_lock:
+            if self._ssl_context is None:
+                # trust_env=False: SSL_CERT_FILE / SSL_CERT_DIR from the env are not honoured.
+                self._ssl_context = httpx.create_ssl_context(trust_env=False)
+            return self._ssl_context
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Vet ``request.url``, then send the request over a connection to a vetted address.
@@ -95,7 +108,7 @@ class PinnedTransport(httpx.BaseTransport):
         # TLS must check the certificate against the URL's name: no caller-chosen SNI name.
         extensions.pop("sni_hostname", None)
         pool = httpcore.ConnectionPool(
-            ssl_context=self._ssl_context,
+            ssl_context=self._tls(),
             max_connections=1,
             max_keepalive_connections=0,
             network_backend=_PinnedBackend(vetted, self._backend, deadline),
