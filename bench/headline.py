@@ -369,6 +369,9 @@ def mib(n: float) -> float:
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPORT_")}
+    # A deployed imageport runs from compiled bytecode (pip compiles at install); with this
+    # set (as on some CI machines) every run would compile its ~90 modules again.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(extra)
     return env
 
