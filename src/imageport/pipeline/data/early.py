@@ -176,7 +176,7 @@ class EarlyConversion:
                     runs(),
                     self.partial,
                     hasher,
-                    bytearray(self._chunk),
+                    self._chunk,
                     self._check_stop,
                     ready=self._wait,
                     thread_init=self._lower_priority,

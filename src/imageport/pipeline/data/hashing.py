@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +22,7 @@ from imageport.pipeline.data.extents import read_extents
 SUPPORTED_ALGOS = ("sha256", "sha384", "sha512")
 _PARALLEL_MIN = 256 * 1024  # bytes; below this, a thread hand-off costs more than it saves
 _ZERO_PIECE = 8 * 1024 * 1024  # bytes of zeros hashed per step of update_zeros
+_MAX_QUEUED = 64  # secure-hash steps queued before feed waits for the oldest
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class MultiHasher:
             max_workers=1, thread_name_prefix="hash", initializer=thread_init
         )
         self._zeros: memoryview | None = None  # allocated at the first hole only
+        self._queued: deque[Future[None]] = deque()  # secure-hash steps not yet waited for
         self.size = 0
 
     def update(self, data: memoryview | bytes) -> None:
@@ -62,17 +65,38 @@ class MultiHasher:
         self._md5.update(data)
         future.result()
 
+    def feed(self, data: memoryview | bytes) -> Future[None]:
+        """Hash ``data`` without waiting for the helper thread.
+
+        MD5 runs now, on the calling thread; the secure hash is queued behind the buffers fed
+        before (one helper thread, so in order). The slower of the two hashes then never waits
+        for the faster one, nor for the caller's next read. ``data`` must not change until the
+        returned future is done.
+        """
+        self.size += len(data)
+        future = self._pool.submit(self._secure.update, data)
+        self._md5.update(data)
+        self._queued.append(future)
+        while self._queued and (len(self._queued) > _MAX_QUEUED or self._queued[0].done()):
+            self._queued.popleft().result()  # bounded bookkeeping; raises a failed step
+        return future
+
     def update_zeros(self, length: int) -> None:
-        """Hash ``length`` zero bytes (a hole: its bytes are never read, only hashed)."""
+        """Hash ``length`` zero bytes (a hole: its bytes are never read, only hashed).
+
+        Fed without waiting: the zero buffer never changes.
+        """
         if self._zeros is None:
             self._zeros = memoryview(bytes(_ZERO_PIECE))
         while length > 0:
             n = min(length, len(self._zeros))
-            self.update(self._zeros[:n])
+            self.feed(self._zeros[:n])
             length -= n
 
     def digests(self) -> Digests:
-        """The hex digests so far."""
+        """The hex digests so far (once every queued step is done)."""
+        while self._queued:
+            self._queued.popleft().result()
         return Digests(
             md5=self._md5.hexdigest(),
             algo=self.algo,

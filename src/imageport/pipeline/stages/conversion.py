@@ -125,7 +125,7 @@ def _convert(
                     runs,
                     out,
                     hasher,
-                    bytearray(ctx.settings.chunk_size),
+                    ctx.settings.chunk_size,
                     lambda done: ctx.progress(done, total),
                 )
             return written, False
