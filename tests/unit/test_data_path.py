@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from imageport.errors import InvalidRequest, QemuTimeout
+from imageport.pipeline.data import mapped
 from imageport.pipeline.data.extents import data_runs, is_zero, read_extents
 from imageport.pipeline.data.hashing import MultiHasher, parse_hash_spec, same_digest
+from imageport.pipeline.data.mapped import Run
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.safety.qemu import Limits, run_limited
 from imageport.stores import FileStore, MemoryStore
@@ -26,6 +31,51 @@ def test_multihasher_matches_hashlib_for_small_and_large_buffers():
     assert digests.md5 == hashlib.md5(data, usedforsecurity=False).hexdigest()
     assert digests.value == hashlib.sha512(data).hexdigest()
     assert digests.size == len(data)
+
+
+def test_fed_buffers_mixed_with_updates_and_holes_hash_in_order():
+    pieces = [os.urandom(1 << 20), os.urandom(300_000), os.urandom(5)]
+    with MultiHasher("sha512") as hasher:
+        hasher.feed(memoryview(pieces[0]))
+        hasher.update_zeros(20 << 20)  # queued behind the fed buffer, not waited for
+        hasher.update(pieces[1])
+        hasher.feed(pieces[2])
+        digests = hasher.digests()
+    data = pieces[0] + bytes(20 << 20) + pieces[1] + pieces[2]
+    assert (digests.md5, digests.value, digests.size) == (
+        hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        hashlib.sha512(data).hexdigest(),
+        len(data),
+    )
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+def test_write_raw_writes_the_guest_direct_or_buffered(where, tmp_path):
+    # tmpfs refuses O_DIRECT: every range is written buffered there; on disk the aligned ranges
+    # go direct and the unaligned ones (the 512-byte tail) buffered. Same bytes either way.
+    if where == "tmpfs" and not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    folder = tmp_path if where == "disk" else Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        source = folder / "image"
+        blocks = os.urandom(3 << 20)
+        source.write_bytes(blocks + bytes(1 << 20) + os.urandom(4096 + 512))
+        runs = [
+            Run(0, 1 << 20, 2 << 20),  # data from the middle of the file
+            Run(1 << 20, 4 << 20, None),  # a hole
+            Run(5 << 20, 4096 + 512, 4 << 20),  # unaligned length: its tail is written buffered
+            Run((5 << 20) + 4608, 1 << 20, 0),
+        ]
+        target = folder / "out.raw"
+        with MultiHasher("sha256") as hasher:
+            digests = mapped.write_raw(source, runs, target, hasher, 256 * 1024, lambda _: None)
+        raw = source.read_bytes()
+        want = raw[2 << 20 : 3 << 20] + bytes(4 << 20) + raw[4 << 20 :] + raw[: 1 << 20]
+        assert target.read_bytes() == want
+        assert digests.value == hashlib.sha256(want).hexdigest()
+    finally:
+        if where == "tmpfs":
+            shutil.rmtree(folder)
 
 
 def test_hash_specs_are_checked():
