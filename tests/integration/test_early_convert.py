@@ -14,6 +14,8 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from imageport.pipeline import runner
 from imageport.pipeline.data import early
 from imageport.pipeline.methods.submit import submit_import
@@ -103,6 +105,27 @@ def test_a_failed_staging_leaves_no_early_file(tmp_path):
     assert early.collect(staged) is None
 
 
+def test_a_job_waiting_for_its_follower_reports_progress_and_can_stop_it(tmp_path):
+    src = make_qcow2(tmp_path / "disk.qcow2", virtual=64 * MIB, data=8 * MIB)
+    staged = _staged(tmp_path)
+    follower = _follow(src, staged, stop_before=MIB)  # never completes by itself
+    ticks = []
+
+    class Cancelled(BaseException):
+        pass
+
+    def tick(done):
+        ticks.append(done)
+        if len(ticks) == 2:
+            raise Cancelled  # what a cancel does to the job: JobInterrupted from progress
+
+    with pytest.raises(Cancelled):
+        early.wait(staged, tick)
+
+    assert follower.result() is None  # stopped, not left running
+    assert sorted(p.name for p in staged.parent.iterdir()) == ["source"]
+
+
 def test_a_replaced_follower_leaves_no_record(tmp_path):
     src = make_qcow2(tmp_path / "disk.qcow2", virtual=32 * MIB, data=4 * MIB, seed=1)
     other = make_qcow2(tmp_path / "other.qcow2", virtual=32 * MIB, data=4 * MIB, seed=2)
@@ -170,8 +193,8 @@ def _tampering(monkeypatch, how):
     """Change the follower's record or the staged file just before the stage reads them."""
     real_collect = early.collect
 
-    def collect(staged):
-        early.wait(staged)
+    def collect(staged, tick=None):
+        early.wait(staged, tick)
         record = staged.with_name(early.RECORD_NAME)
         if how == "layout":
             fields = json.loads(record.read_text())
@@ -184,7 +207,7 @@ def _tampering(monkeypatch, how):
             fields = json.loads(record.read_text())
             fields["algo"] = "sha256"
             record.write_text(json.dumps(fields))
-        return real_collect(staged)
+        return real_collect(staged, tick)
 
     monkeypatch.setattr(conversion.early, "collect", collect)
 

@@ -28,7 +28,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 OUTPUT_NAME = "early.raw"  # beside the staged file
 RECORD_NAME = "early.json"
+WAIT_TICK = 0.5  # seconds between progress reports of a job waiting for its follower
 #: The nice value of a follower's threads when it follows an API upload: it then runs only on
 #: the CPU the upload leaves idle, so ``PUT /stage`` is as fast as without it (and the API's
 #: other requests come first). A worker's stage step follows at normal priority: nothing
@@ -86,6 +87,7 @@ class EarlyConversion:
         self._final: int | None = None  # the staged size, once staging is complete
         self._stopped = False
         self._result: EarlyResult | None = None
+        self.done = 0  # guest bytes converted so far
         self._thread = threading.Thread(target=self._run, name="early-convert", daemon=True)
 
     def begin(self) -> None:
@@ -117,6 +119,11 @@ class EarlyConversion:
         self._thread.join()
         return self._result
 
+    def finished(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; whether the follower is done."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _wait(self, upto: int) -> None:
         """Return once bytes ``[0, upto)`` are staged; raise if they never will be."""
         with self._cond:
@@ -135,7 +142,8 @@ class EarlyConversion:
             with contextlib.suppress(OSError, AttributeError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
 
-    def _check_stop(self, _done: int) -> None:
+    def _check_stop(self, done: int) -> None:
+        self.done = done
         with self._cond:
             if self._stopped:
                 raise _Stopped
@@ -323,16 +331,31 @@ def identity(staged: Path) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def wait(staged: Path) -> None:
-    """Wait for the follower of ``staged``, if one runs (before its files are moved)."""
+Tick = Callable[[int], None]
+
+
+def wait(staged: Path, tick: Tick | None = None) -> None:
+    """Wait for the follower of ``staged``, if one runs (before its files are used or moved).
+
+    ``tick`` is called with the follower's progress (guest bytes) every half second: a job
+    waiting here still reports progress, and its cancel or shutdown (raised by ``tick``)
+    stops the follower too.
+    """
     follower = _REGISTRY.get(staged)
-    if follower is not None:
-        follower.result()
+    if follower is None:
+        return
+    try:
+        while not follower.finished(WAIT_TICK):
+            if tick is not None:
+                tick(follower.done)
+    except BaseException:
+        stop(staged)
+        raise
 
 
-def collect(staged: Path) -> tuple[EarlyResult, Path] | None:
+def collect(staged: Path, tick: Tick | None = None) -> tuple[EarlyResult, Path] | None:
     """The early output of ``staged`` and where it is, once its follower is done; or None."""
-    wait(staged)
+    wait(staged, tick)
     record = staged.with_name(RECORD_NAME)
     output = staged.with_name(OUTPUT_NAME)
     try:
@@ -347,9 +370,9 @@ def collect(staged: Path) -> tuple[EarlyResult, Path] | None:
     return result, output
 
 
-def move(staged: Path, to: Path) -> None:
+def move(staged: Path, to: Path, tick: Tick | None = None) -> None:
     """Move the early files of ``staged`` beside ``to`` (an upload adopted by its import)."""
-    wait(staged)
+    wait(staged, tick)
     for name in (RECORD_NAME, OUTPUT_NAME):
         with contextlib.suppress(FileNotFoundError):
             staged.with_name(name).replace(to.with_name(name))

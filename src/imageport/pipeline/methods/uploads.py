@@ -182,7 +182,8 @@ def adopt(ctx: JobContext, services: Services) -> StagedOutput:
         work.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Renames within the staging file system: the bytes are not copied again. The early
         # conversion's output goes along (once its follower is done with the upload folder).
-        early.move(folder / SOURCE_NAME, target)
+        size = (folder / SOURCE_NAME).stat().st_size
+        early.move(folder / SOURCE_NAME, target, tick=lambda _done: ctx.progress(size, size))
         (folder / SCAN_NAME).replace(scan_file)
         (folder / SOURCE_NAME).replace(target)
         shutil.rmtree(folder, ignore_errors=True)

@@ -151,7 +151,7 @@ def _adopt_early(ctx: JobContext, runs: list[mapped.Run], total: int) -> Digests
     it followed, and the hash algorithm is still the configured one.
     """
     staged = ctx.staged_path
-    found = early.collect(staged)
+    found = early.collect(staged, tick=lambda done: ctx.progress(done, total))
     if found is None:
         return None
     result, output = found
