@@ -226,7 +226,7 @@ class _Output:
             max_workers=1, thread_name_prefix="raw-write", initializer=thread_init
         )
         self._pending: deque[Future[None]] = deque()
-        self._unsynced = 0  # buffered bytes since the last flush (helper thread only)
+        self._unsynced = 0  # bytes written since the last flush (helper thread only)
 
     def write(self, at: int, length: int, to: int) -> None:
         """Queue the source's ``length`` bytes at ``at`` for writing at ``to`` in the output."""
@@ -257,9 +257,10 @@ class _Output:
                 pwrite_all(self._direct, view[start:end], to + start)
             else:
                 pwrite_all(self.fd, view[start:end], to + start)
-                self._unsynced += end - start
+            self._unsynced += end - start
         if self._unsynced >= SYNC_EVERY:
-            # Buffered bytes: flushed as they are written, not all by the store's fsync.
+            # Flushed as it is written, not all by the store's fsync: buffered bytes, and for
+            # direct ones the block allocations the file system must still commit.
             os.fdatasync(self.fd)
             self._unsynced = 0
 
