@@ -17,6 +17,7 @@ from imageport.pipeline.data import mapped
 from imageport.pipeline.data.extents import data_runs, is_zero, read_extents
 from imageport.pipeline.data.hashing import MultiHasher, parse_hash_spec, same_digest
 from imageport.pipeline.data.mapped import Run
+from imageport.pipeline.data.writer import BackgroundWriter
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.safety.qemu import Limits, run_limited
 from imageport.stores import FileStore, MemoryStore
@@ -76,6 +77,25 @@ def test_write_raw_writes_the_guest_direct_or_buffered(where, tmp_path):
     finally:
         if where == "tmpfs":
             shutil.rmtree(folder)
+
+
+def test_background_writer_tells_how_far_the_file_is_written_zero_chunks_included(tmp_path):
+    # All-zero chunks are not written but still told, in order, after the writes before them;
+    # they hold no buffer, so a writer whose queue holds only such entries still finds one.
+    chunks = [bytes(4096), os.urandom(4096), os.urandom(4096), os.urandom(4096), bytes(4096)]
+    told = []
+    target = tmp_path / "out"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        writer = BackgroundWriter(fd, done=told.append)
+        for i, chunk in enumerate(chunks):
+            writer.write(memoryview(chunk), i * 4096)
+        writer.finish()
+        writer.close()
+    finally:
+        os.close(fd)
+    assert told == [4096 * (i + 1) for i in range(len(chunks))]
+    assert target.read_bytes().ljust(5 * 4096, b"\0") == b"".join(chunks)
 
 
 def test_hash_specs_are_checked():

@@ -70,8 +70,10 @@ class BackgroundWriter:
         if self._allocated < BUFFERS:
             self._allocated += 1
             return bytearray(size)
-        if not self._free:
-            self._settle_oldest()  # both buffers in use: wait for the older write
+        while not self._free:
+            # Both buffers in use: wait for the older write (entries for all-zero chunks,
+            # which only tell the follower, hold no buffer).
+            self._settle_oldest()
         buffer = self._free.pop()
         if len(buffer) < size:
             buffer = bytearray(size)  # a larger chunk than before (rare): a new buffer
