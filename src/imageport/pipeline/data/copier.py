@@ -26,8 +26,6 @@ class KernelCopier:
         source: Path,
         fd: int,
         *,
-        sync_every: int | None = None,
-        thread_init: Callable[[], None] | None = None,
         done: Callable[[int], None] | None = None,
     ) -> None:
         """Copy from ``source`` into ``fd``.
@@ -35,36 +33,25 @@ class KernelCopier:
         Args:
             source: the file to copy ranges of.
             fd: the target, open for writing.
-            sync_every: flush the target to disk after this many bytes copied (on the helper
-                thread), for a target that will be fsynced when done: the write-back then
-                overlaps the reading and hashing instead of all waiting for the final fsync.
-            thread_init: run first on the helper thread (e.g. to lower its priority).
             done: called on the helper thread with the end offset of each chunk once it is
                 in the target, in order (a reader following the target as it fills).
         """
         self._src = os.open(source, os.O_RDONLY)
         self._dst = fd
-        self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="stage-copy", initializer=thread_init
-        )
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-copy")
         self._done = done
         self._futures: list[Future[None]] = []
-        self._sync_every = sync_every
-        self._unsynced = 0  # bytes copied since the last flush (helper thread only)
 
-    def copy(self, chunk: memoryview, offset: int, to: int | None = None) -> None:
-        """Queue the non-zero runs of ``chunk`` for copying.
+    def copy(self, chunk: memoryview, offset: int) -> None:
+        """Queue the non-zero runs of ``chunk`` for copying to the same offset in the target.
 
         Args:
             chunk: the bytes at ``offset`` in the source, as read (only to find zero runs).
             offset: where ``chunk`` starts in the source.
-            to: where it goes in the target (default: the same offset).
         """
         self._raise_failures()
-        shift = 0 if to is None else to - offset
-        runs = [(offset + a, b - a, shift) for a, b in data_runs(chunk)]
-        end = offset + shift + len(chunk)
-        self._futures.append(self._pool.submit(self._copy_runs, runs, end))
+        runs = [(offset + a, b - a) for a, b in data_runs(chunk)]
+        self._futures.append(self._pool.submit(self._copy_runs, runs, offset + len(chunk)))
 
     def finish(self) -> None:
         """Wait for every queued copy; raise the first failure."""
@@ -83,20 +70,16 @@ class KernelCopier:
             future.result()
             self._futures.remove(future)
 
-    def _copy_runs(self, runs: list[tuple[int, int, int]], end: int) -> None:
-        for start, length, shift in runs:
+    def _copy_runs(self, runs: list[tuple[int, int]], end: int) -> None:
+        for start, length in runs:
             copied = 0
             try:
                 while copied < length:
                     at = start + copied
-                    n = os.copy_file_range(self._src, self._dst, length - copied, at, at + shift)
+                    n = os.copy_file_range(self._src, self._dst, length - copied, at, at)
                     if n == 0:
                         raise SourceUnavailable("the source file shrank while it was staged")
                     copied += n
-                self._unsynced += length
-                if self._sync_every is not None and self._unsynced >= self._sync_every:
-                    os.fdatasync(self._dst)
-                    self._unsynced = 0
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace("staging ran out of space: free space there and retry") from exc

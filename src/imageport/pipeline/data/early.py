@@ -12,10 +12,12 @@ only what the upload leaves and ``PUT /stage`` is not slowed.
 
 Nothing it produces is trusted by itself. It records the digest of the layout it followed
 (``early.json``); the conversion stage, after the inspector passed the complete file and
-``qemu-img map`` described it, adopts ``early.raw`` only when qemu's layout has the same digest
-and the staged file the same size: then ``early.raw`` holds exactly the bytes the one-pass
-conversion would write. Otherwise, or when the follower gave up (a layout it does not follow,
-a shortage of space, a failed stage), the files are removed and the stage converts as usual.
+``qemu-img map`` described it, adopts ``early.raw`` only when qemu's layout has the same
+digest, the staged file is the one followed (device, inode, size, modification time) and the
+hash algorithm is still the configured one: then ``early.raw`` holds exactly the bytes the
+one-pass conversion would write. Otherwise, or when the follower gave up (a layout it does not
+follow, a shortage of space, a failed stage), the files are removed and the stage converts as
+usual.
 No qemu process runs on the partial file; the follower only reads bytes of a file imageport
 writes, at offsets it checks.
 """
@@ -283,6 +285,16 @@ def start(
     return follower
 
 
+class Unfollowed:
+    """Stands in for a follower when none runs: the stage writer tells nobody."""
+
+    def advance(self, upto: int) -> None:
+        """Nothing follows the file."""
+
+    def complete(self, size: int) -> None:
+        """Nothing follows the file."""
+
+
 @contextlib.contextmanager
 def following(
     staged: Path,
@@ -292,10 +304,11 @@ def following(
     expected_size: int | None,
     settings: Settings,
     nice: int = 0,
-) -> Iterator[EarlyConversion | None]:
+) -> Iterator[EarlyConversion | Unfollowed]:
     """:func:`start` a follower for the staging of ``staged``; stop it if the staging fails.
 
-    The staging calls ``complete`` on it once the staged file is final.
+    The stage writer calls ``advance`` as the file fills and ``complete`` once it is final,
+    on a follower or on an :class:`Unfollowed` when no early conversion pays off.
     """
     follower = start(
         staged,
@@ -307,11 +320,13 @@ def following(
         max_virtual=settings.max_virtual_size,
         nice=nice,
     )
+    if follower is None:
+        yield Unfollowed()
+        return
     try:
         yield follower
     except BaseException:
-        if follower is not None:
-            stop(staged)
+        stop(staged)
         raise
 
 

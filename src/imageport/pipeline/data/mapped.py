@@ -5,9 +5,9 @@ they are (not compressed, not encrypted), ``qemu-img map`` tells, for every gues
 that it reads as zeros or the offset in the image file where its bytes lie. Reading those
 ranges in guest order gives exactly the bytes ``qemu-img convert -O raw`` writes, so the
 conversion can be one pass: each data range is read once (it is still in the page cache from
-staging), hashed, and written into the output straight from the same buffer (O_DIRECT) on a
-helper thread; each zero range is hashed from a zero buffer and left as a hole. That replaces
-``qemu-img convert`` followed by a second read of its output to hash it.
+staging) and hashed, while a writer thread reads it again from the page cache and writes it
+into the output with O_DIRECT; each zero range is hashed from a zero buffer and left as a hole.
+That replaces ``qemu-img convert`` followed by a second read of its output to hash it.
 
 qemu-img still does every bit of parsing of the image (``map`` runs sandboxed like every qemu
 call, on a file the inspector accepted): this module only reads byte ranges of a file the
@@ -97,13 +97,17 @@ def coalesce(runs: Iterable[Run], max_data: int | None = None) -> Iterator[Run]:
     pending: Run | None = None
     for run in runs:
         if pending is not None and _continues(pending, run, max_data):
-            pending = Run(pending.start, pending.length + run.length, pending.offset)
+            pending = _joined(pending, run)
             continue
         if pending is not None:
             yield pending
         pending = run
     if pending is not None:
         yield pending
+
+
+def _joined(last: Run, run: Run) -> Run:
+    return Run(last.start, last.length + run.length, last.offset)
 
 
 def _continues(last: Run, run: Run, max_data: int | None) -> bool:
@@ -129,7 +133,7 @@ class LayoutDigest:
         """Account for the next run."""
         pending = self._pending
         if pending is not None and _continues(pending, run, None):
-            self._pending = Run(pending.start, pending.length + run.length, pending.offset)
+            self._pending = _joined(pending, run)
             return
         self._flush()
         self._pending = run
@@ -173,7 +177,7 @@ class _Ring:
         self._size = size
         self._free: list[memoryview] = []
         self._allocated = 0
-        self._held: deque[tuple[memoryview, tuple[Future[None], ...]]] = deque()
+        self._held: deque[tuple[memoryview, Future[None]]] = deque()
 
     def next(self) -> memoryview:
         """A buffer nobody uses any more (allocated on demand, up to RING)."""
@@ -181,15 +185,14 @@ class _Ring:
             self._allocated += 1
             self._free.append(memoryview(bytearray(self._size)))
         if not self._free:
-            view, futures = self._held.popleft()
-            for future in futures:
-                future.result()
+            view, future = self._held.popleft()
+            future.result()
             self._free.append(view)
         return self._free.pop()
 
-    def busy(self, view: memoryview, *futures: Future[None]) -> None:
-        """``view`` (from :meth:`next`) is in use until every one of ``futures`` is done."""
-        self._held.append((view, futures))
+    def busy(self, view: memoryview, future: Future[None]) -> None:
+        """``view`` (from :meth:`next`) is in use until ``future`` is done."""
+        self._held.append((view, future))
 
 
 class _Output:

@@ -128,8 +128,7 @@ def _write(
     try:
         with following as follower:
             # Zero blocks stay holes, as in the stage step; the writes overlap the receiving.
-            told = follower.advance if follower is not None else None
-            with contextlib.closing(BackgroundWriter(fd, done=told)) as writer:
+            with contextlib.closing(BackgroundWriter(fd, done=follower.advance)) as writer:
                 scanned = scan(
                     chunks,
                     settings,
@@ -142,8 +141,7 @@ def _write(
                     scanned.verdict.raise_if_rejected()
                 writer.finish()
             os.ftruncate(fd, scanned.disk_size or 0)
-            if follower is not None:
-                follower.complete(scanned.disk_size or 0)
+            follower.complete(scanned.disk_size or 0)
     finally:
         os.close(fd)
     return scanned

@@ -184,14 +184,12 @@ def _copy(
     )
     try:
         with following as follower:
-            told = follower.advance if follower is not None else None
-            scanned = _scan_into(ctx, chunks, fd, info, keep, told)
+            scanned = _scan_into(ctx, chunks, fd, info, keep, follower.advance)
             os.ftruncate(fd, scanned.disk_size or 0)
             # No fsync: the staged file only has to survive a worker crash (the page cache
             # does), and a lost host loses local staging anyway; syncing would cost a full
             # write-back of the source on the hot path.
-            if follower is not None:
-                follower.complete(scanned.disk_size or 0)
+            follower.complete(scanned.disk_size or 0)
     finally:
         os.close(fd)
     return scanned
@@ -203,7 +201,7 @@ def _scan_into(
     fd: int,
     info: SourceInfo,
     keep: int,
-    told: Callable[[int], None] | None,
+    told: Callable[[int], None],
 ) -> ScanResult:
     """Scan ``chunks`` and write them into ``fd``; ``told`` hears how far the file is written."""
     total = None if info.length is None else info.start + info.length
