@@ -62,3 +62,26 @@ def stored_path(url: str) -> Path:
 
 
 __all__ = ["MIB", "file_digests", "leftover_files", "make_qcow2", "make_raw", "qemu_info"]
+
+
+def qemu_io_qcow2(path: Path, size: int, writes=(), options=()) -> Path:
+    """A qcow2 of ``size`` bytes made by qemu-io ``writes`` (e.g. ``write -P 7 0 1M``).
+
+    ``options`` go to ``qemu-img create -o`` (e.g. ``cluster_size=512``, ``compat=0.10``).
+    """
+    create = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if options:
+        create += ["-o", ",".join(options)]
+    subprocess.run([*create, str(path), str(size)], check=True)
+    if writes:
+        args = [a for w in writes for a in ("-c", w)]
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", *args, str(path)], check=True, stdout=subprocess.DEVNULL
+        )
+    return path
+
+
+def raw_reference(src: Path, out: Path, fmt: str = "qcow2") -> Path:
+    """What ``qemu-img convert -O raw`` makes of ``src``: the bytes every raw import must store."""
+    subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(src), str(out)], check=True)
+    return out

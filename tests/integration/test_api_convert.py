@@ -12,11 +12,10 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-import subprocess
 
 from api_support import OCTETS, api_client, api_server, wait_status
 
-from images import MIB, file_digests, make_qcow2, make_raw
+from images import MIB, file_digests, make_qcow2, make_raw, raw_reference
 
 
 def _body(path, piece):
@@ -46,10 +45,7 @@ def _stage_and_import(client, data_dir, path, disk_format, piece):
 
 def test_a_converted_upload_gets_the_digests_of_qemu_img_converts_output(tmp_path):
     src = make_qcow2(tmp_path / "disk.qcow2", virtual=48 * MIB, data=6 * MIB)
-    reference = tmp_path / "reference.raw"
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(reference)], check=True
-    )
+    reference = raw_reference(src, tmp_path / "reference.raw")
     md5, sha512 = file_digests(reference)
     with api_server(tmp_path / "data", target_format="raw") as server:
         client = api_client(server.url)
@@ -79,10 +75,7 @@ def test_an_upload_stored_as_it_is_keeps_the_digests_it_arrived_with(tmp_path):
 
 def test_an_upload_of_declared_length_is_converted_while_it_arrives(tmp_path):
     src = make_qcow2(tmp_path / "disk.qcow2", virtual=64 * MIB, data=8 * MIB)
-    reference = tmp_path / "reference.raw"
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(reference)], check=True
-    )
+    reference = raw_reference(src, tmp_path / "reference.raw")
     data_dir = tmp_path / "data"
     with api_server(data_dir, target_format="raw") as server:
         client = api_client(server.url)

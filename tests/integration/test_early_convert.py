@@ -15,22 +15,19 @@ import subprocess
 import time
 
 import pytest
+from convert_support import import_to_raw
 
 from imageport.pipeline import runner
 from imageport.pipeline.data import early
 from imageport.pipeline.methods.submit import submit_import
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.stages import conversion
-from imageport.records import TaskStatus, repository, serialize
-from images import MIB, file_digests, leftover_files, make_qcow2, stored_path
+from imageport.records import TaskStatus, repository
+from images import MIB, file_digests, leftover_files, make_qcow2, raw_reference, stored_path
 
 
 def _reference(src, tmp_path):
-    out = tmp_path / "reference.raw"
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(out)], check=True
-    )
-    return out
+    return raw_reference(src, tmp_path / "reference.raw")
 
 
 def _follow(src, staged, *, chunk=MIB, stop_before=None):
@@ -156,19 +153,7 @@ def test_a_layout_it_does_not_follow_leaves_nothing(tmp_path):
 
 
 def _import(services, src):
-    request = ImportRequest(
-        method="local-file", source=str(src), disk_format="qcow2", target_format="raw"
-    )
-    submitted = submit_import(services, request, name="early")
-    outcome = runner.run_import(services, submitted.task_id)
-    assert outcome.status == TaskStatus.SUCCESS, outcome
-    with services.db.session() as session:
-        image = serialize.image_to_dict(
-            repository.get_image(session, submitted.image_id), admin=True
-        )
-        runs = repository.stage_runs(session, submitted.task_id)
-        outputs = {r.stage: r.output for r in runs}
-    return image, outputs
+    return import_to_raw(services, src, "early")
 
 
 def _check(image, reference):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from convert_support import import_to_raw
 
 from imageport.pipeline import Services, runner
 from imageport.pipeline.methods.submit import submit_import
@@ -23,45 +24,19 @@ from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.safety import qemu
 from imageport.pipeline.stages import conversion
 from imageport.records import TaskStatus, repository, serialize
-from images import MIB, file_digests, leftover_files, stored_path
+from images import MIB, file_digests, leftover_files, qemu_io_qcow2, raw_reference, stored_path
 
 
 def _qcow2(path, size, writes, *options):
-    """A qcow2 of ``size`` bytes made by qemu-io ``writes`` (e.g. ``write -P 7 0 1M``)."""
-    create = ["qemu-img", "create", "-q", "-f", "qcow2"]
-    if options:
-        create += ["-o", ",".join(options)]
-    subprocess.run([*create, str(path), str(size)], check=True)
-    if writes:
-        args = [a for w in writes for a in ("-c", w)]
-        subprocess.run(
-            ["qemu-io", "-f", "qcow2", *args, str(path)], check=True, stdout=subprocess.DEVNULL
-        )
-    return path
+    return qemu_io_qcow2(path, size, writes, options)
 
 
 def _reference(path, tmp_path):
-    out = tmp_path / "reference.raw"
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(path), str(out)], check=True
-    )
-    return out
+    return raw_reference(path, tmp_path / "reference.raw")
 
 
 def _import(services, src):
-    request = ImportRequest(
-        method="local-file", source=str(src), disk_format="qcow2", target_format="raw"
-    )
-    submitted = submit_import(services, request, name="mapped")
-    outcome = runner.run_import(services, submitted.task_id)
-    assert outcome.status == TaskStatus.SUCCESS, outcome
-    with services.db.session() as session:
-        image = serialize.image_to_dict(
-            repository.get_image(session, submitted.image_id), admin=True
-        )
-        runs = repository.stage_runs(session, submitted.task_id)
-        outputs = {r.stage: r.output for r in runs}
-    return image, outputs
+    return import_to_raw(services, src, "mapped")
 
 
 CASES = {

@@ -18,21 +18,7 @@ import pytest
 from imageport.errors import NotStreamable
 from imageport.pipeline.data import mapped, qcow2_stream
 from imageport.pipeline.data.mapped import Run
-
-MIB = 1024 * 1024
-
-
-def _qcow2(path, size, writes=(), options=()):
-    create = ["qemu-img", "create", "-q", "-f", "qcow2"]
-    if options:
-        create += ["-o", ",".join(options)]
-    subprocess.run([*create, str(path), str(size)], check=True)
-    if writes:
-        args = [a for w in writes for a in ("-c", w)]
-        subprocess.run(
-            ["qemu-io", "-f", "qcow2", *args, str(path)], check=True, stdout=subprocess.DEVNULL
-        )
-    return path
+from images import MIB, qemu_info, qemu_io_qcow2
 
 
 def _reader(data: bytes, asked: list[int] | None = None):
@@ -53,13 +39,8 @@ def _qemu_digest(path) -> str | None:
         capture_output=True,
         text=True,
     ).stdout
-    info = subprocess.run(
-        ["qemu-img", "info", "--output=json", "-f", "qcow2", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    runs = mapped.plan(json.loads(out), json.loads(info)["virtual-size"], path.stat().st_size)
+    virtual = qemu_info(path, "qcow2")["virtual-size"]
+    runs = mapped.plan(json.loads(out), virtual, path.stat().st_size)
     return None if runs is None else mapped.layout_digest(runs)
 
 
@@ -83,7 +64,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_the_layout_is_qemu_img_maps(name, tmp_path):
     size, writes, options = LAYOUTS[name]
-    path = _qcow2(tmp_path / "disk.qcow2", size, writes, options)
+    path = qemu_io_qcow2(tmp_path / "disk.qcow2", size, writes, options)
 
     runs = list(qcow2_stream.guest_runs(_reader(path.read_bytes()), 1 << 40))
 
@@ -123,21 +104,21 @@ def test_data_is_known_before_the_file_ends(tmp_path):
 def test_layouts_it_does_not_follow_are_refused(options, make, tmp_path):
     path = tmp_path / "disk.qcow2"
     if make == "compressed":
-        plain = _qcow2(tmp_path / "plain.qcow2", 8 * MIB, ["write -P 3 0 1M"])
+        plain = qemu_io_qcow2(tmp_path / "plain.qcow2", 8 * MIB, ["write -P 3 0 1M"])
         subprocess.run(
             ["qemu-img", "convert", "-c", "-O", "qcow2", str(plain), str(path)], check=True
         )
     elif make == "backing":
-        base = _qcow2(tmp_path / "base.qcow2", 8 * MIB, ["write -P 3 0 1M"])
+        base = qemu_io_qcow2(tmp_path / "base.qcow2", 8 * MIB, ["write -P 3 0 1M"])
         subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(path)],
             check=True,
         )
     elif make == "data_file":
         options = (f"data_file={tmp_path / 'data.raw'}",)
-        _qcow2(path, 8 * MIB, (), options)
+        qemu_io_qcow2(path, 8 * MIB, (), options)
     else:
-        _qcow2(path, 8 * MIB, ["write -P 3 0 1M"], options)
+        qemu_io_qcow2(path, 8 * MIB, ["write -P 3 0 1M"], options)
 
     with pytest.raises(NotStreamable):
         list(qcow2_stream.guest_runs(_reader(path.read_bytes()), 1 << 40))
@@ -169,7 +150,7 @@ def _first_l2_entry(data: bytes) -> int:
     ],
 )
 def test_hostile_headers_and_tables_are_refused(damage, tmp_path):
-    path = _qcow2(tmp_path / "disk.qcow2", 8 * MIB, ["write -P 3 0 1M"])
+    path = qemu_io_qcow2(tmp_path / "disk.qcow2", 8 * MIB, ["write -P 3 0 1M"])
     data = path.read_bytes()
     table = _first_l2_entry(data)
     patches = {
