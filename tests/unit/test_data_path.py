@@ -40,9 +40,11 @@ def test_fed_buffers_mixed_with_updates_and_holes_hash_in_order():
         hasher.feed(memoryview(pieces[0]))
         hasher.update_zeros(20 << 20)  # queued behind the fed buffer, not waited for
         hasher.update(pieces[1])
+        hasher.update_zeros(20 << 20)
+        hasher.update(pieces[2])  # small: hashed inline, after the queued zeros
         hasher.feed(pieces[2])
         digests = hasher.digests()
-    data = pieces[0] + bytes(20 << 20) + pieces[1] + pieces[2]
+    data = pieces[0] + bytes(20 << 20) + pieces[1] + bytes(20 << 20) + pieces[2] + pieces[2]
     assert (digests.md5, digests.value, digests.size) == (
         hashlib.md5(data, usedforsecurity=False).hexdigest(),
         hashlib.sha512(data).hexdigest(),

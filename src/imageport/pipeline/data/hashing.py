@@ -58,6 +58,7 @@ class MultiHasher:
         """Hash ``data``; returns when both hashes have consumed it (the buffer may be reused)."""
         self.size += len(data)
         if len(data) < _PARALLEL_MIN:
+            self._drain()  # the secure hash must take fed buffers first: order is the digest
             self._md5.update(data)
             self._secure.update(data)
             return
@@ -93,10 +94,14 @@ class MultiHasher:
             self.feed(self._zeros[:n])
             length -= n
 
-    def digests(self) -> Digests:
-        """The hex digests so far (once every queued step is done)."""
+    def _drain(self) -> None:
+        """Wait for every queued secure-hash step."""
         while self._queued:
             self._queued.popleft().result()
+
+    def digests(self) -> Digests:
+        """The hex digests so far (once every queued step is done)."""
+        self._drain()
         return Digests(
             md5=self._md5.hexdigest(),
             algo=self.algo,
