@@ -2,7 +2,7 @@
 """A plain upload sink: uvicorn and a tiny ASGI app that writes each request body to a file.
 
 The yardstick for ``PUT /v2/images/ID/stage``: the same server stack as ``imageport api``
-(uvicorn, with the HTTP implementation uvicorn picks by default, as ``imageport api`` does),
+(uvicorn with httptools' parser; ``imageport api`` adds only its bounds on the request head),
 and an app that does nothing but write each body chunk, as it arrives, to a new file in the
 sink directory. ``PUT /anything`` writes ``DIR/anything`` (slashes flattened) and answers 204
 with the byte count in ``x-bytes``; ``GET /healthz`` answers 200. No hashing, no inspection, no
@@ -96,6 +96,7 @@ def main() -> None:
         host=args.host,
         port=args.port,
         log_level="warning",
+        http="httptools",
         proxy_headers=False,
         server_header=False,
     )

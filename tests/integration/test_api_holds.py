@@ -176,6 +176,51 @@ def test_stalled_bodies_are_dropped_after_client_socket_timeout(tmp_path):
         )
 
 
+def test_request_heads_are_bounded_in_size_and_time(tmp_path):
+    with api_server(tmp_path / "data", client_socket_timeout="2") as server:
+
+        def send_head(head: bytes) -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=SETTLE)
+            sock.sendall(head)
+            return sock
+
+        start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n"
+        # Room for a Keystone token and a proxy's service catalog: 60 KiB of headers is served.
+        big = b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * 1000) for i in range(60))
+        with _closing([send_head(start + big + b"\r\n")]) as (sock,):
+            assert _response(sock, SETTLE)[0] == 200
+        # Past 64 KiB, even in a single header line that never ends: 431, and closed.
+        with _closing([send_head(start + b"X-Endless: " + b"a" * 128 * 1024)]) as (sock,):
+            status, body = _response(sock, SETTLE)
+            assert (status, body["error_code"]) == (431, "request_head_too_large")
+            assert _closed(sock)
+        # A head that trickles in is dropped client_socket_timeout after its first byte.
+        started = time.monotonic()
+        with _closing([send_head(start)]) as (sock,):
+            for _ in range(5):
+                time.sleep(0.5)
+                with contextlib.suppress(OSError):  # the server may have answered already
+                    sock.sendall(b"X")
+            status, body = _response(sock, SETTLE)
+            waited = time.monotonic() - started
+            assert (status, body["error_code"]) == (408, "request_timeout")
+            assert _closed(sock)
+        assert 2 <= waited < 2 + SETTLE
+        # Keep-alive requests each get their own allowance, and the server still serves.
+        with api_client(server.url, timeout=PROMPT) as client:
+            for _ in range(3):
+                assert client.get("/healthz", headers={"X-Big": "a" * 50_000}).status_code == 200
+                time.sleep(1.5)
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (a reset too: it may close with bytes unread)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
 def _as(project: str) -> dict[str, str]:
     return {**CONFIRMED, "X-Project-Id": project, "X-Roles": "member,reader"}
 

@@ -11,7 +11,7 @@ import typer
 from imageport.cli.common import EXIT_USAGE, settings
 
 KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this
-HEAD_LIMIT = 64 * 1024  # bytes of request line and headers; a bigger head is refused (400)
+HEAD_LIMIT = 64 * 1024  # bytes of request line and headers; a bigger head is refused (431)
 
 
 def api_command(
@@ -39,6 +39,7 @@ def api_command(
     import uvicorn
 
     from imageport.api import create_app
+    from imageport.api.http_head import bounded_protocol
 
     app = create_app(conf)
     uvicorn.run(
@@ -49,12 +50,13 @@ def api_command(
         # Bodies stream through to the staging area; no proxy headers are trusted by default.
         proxy_headers=False,
         server_header=False,
-        # What uvicorn bounds itself: an idle keep-alive connection is closed after a few
-        # seconds, and a request head may not grow past HEAD_LIMIT (room for a Keystone
-        # token and a proxy's X-Service-Catalog). A stalled request *body* is not bounded by
-        # uvicorn: the app's BodyTimeoutMiddleware (client_socket_timeout) does that.
+        # httptools' C parser, not h11's Python one (see api/http_head.py), with the request
+        # head bounded: at most HEAD_LIMIT bytes (room for a Keystone token and a proxy's
+        # X-Service-Catalog), complete within client_socket_timeout of its first byte. uvicorn
+        # closes an idle keep-alive connection after a few seconds; a stalled request *body*
+        # is bounded by the app's BodyTimeoutMiddleware (client_socket_timeout too).
+        http=bounded_protocol(HEAD_LIMIT, conf.client_socket_timeout),
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        h11_max_incomplete_event_size=HEAD_LIMIT,
         # On SIGTERM, idle uploads must not keep the process up for client_socket_timeout.
         timeout_graceful_shutdown=math.ceil(conf.shutdown_grace_seconds),
         # No limit_concurrency: past it uvicorn answers 503 to everything, /healthz included;

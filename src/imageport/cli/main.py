@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -80,4 +85,34 @@ def db_upgrade() -> None:
 
 def main() -> None:
     """Entry point of the ``imageport`` console script."""
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        _exit(done.code)
+    _exit(0)
+
+
+def _exit(code: str | int | None) -> NoReturn:
+    """Leave the process with ``code`` (as ``sys.exit`` would), skipping interpreter teardown.
+
+    A command has closed what it opened (database, broker, stores, files) by the time typer
+    returns; what is left is the interpreter tearing down every module and object it loaded,
+    about 0.3 s of CPU after an ``imageport import``, more than the import of a small image.
+    So once stdout and stderr are flushed and logging is shut down, the process ends at once.
+    When a non-daemon thread is still running, the normal exit (which waits for it) is kept.
+    """
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    status = code or 0
+    if any(
+        t.is_alive() and not t.daemon
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+    ):
+        sys.exit(status)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe has nothing to flush to
+            stream.flush()
+    os._exit(status)

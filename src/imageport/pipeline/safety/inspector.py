@@ -19,11 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from oslo_utils.imageutils import format_inspector
-
 from imageport.config import Settings
 from imageport.errors import UnsafeImage
 from imageport.pipeline.safety import headers, vhd, vmdk
+from imageport.pipeline.safety.oslo import format_inspector
 
 _Inspector = format_inspector.FileInspector
 _Detected = tuple[_Inspector | None, str, str | None]  # (oslo inspector, name, subformat)
