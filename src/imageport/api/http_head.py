@@ -40,6 +40,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     head_limit: int = 64 * 1024
     head_timeout: float = 900.0
+    #: Body bytes buffered before the socket is no longer read (one asyncio read is 256 KiB).
+    body_high_water: int = 256 * 1024
 
     def __init__(
         self,
@@ -74,6 +76,21 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         """The head is complete: neither bound applies to the body."""
         self._end_head()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        """Buffer a piece of the body; stop reading the socket past ``body_high_water``.
+
+        uvicorn's own method, with a larger mark: at its 64 KiB, nearly every socket read (up
+        to 256 KiB) paused reading and the app's next ``receive`` resumed it, two epoll
+        calls and a tenth of the event loop's time per piece of an upload (issue 17).
+        """
+        cycle = self.cycle
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        cycle.body += body
+        if len(cycle.body) > self.body_high_water:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         """The request is complete: whatever comes next on the connection is a new head."""
