@@ -27,12 +27,11 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from imageport.api.body_timeout import TIMEOUT_CODE  # a stalled head is a stalled request
 from imageport.api.errors import ERROR_CODE_HEADER, render_error
 
 #: The ``error_code`` of the 431 answer to a head over the limit.
 HEAD_TOO_LARGE = "request_head_too_large"
-#: The ``error_code`` of the 408 answer to a head that stopped arriving.
-HEAD_TIMEOUT = "request_timeout"
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
@@ -115,7 +114,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if self._in_head and not self.transport.is_closing():
             self._refuse(
                 408,
-                HEAD_TIMEOUT,
+                TIMEOUT_CODE,
                 f"The request line and headers did not arrive within {self.head_timeout:g} "
                 "seconds: send the request again.",
             )
