@@ -9,7 +9,7 @@ round to round (so no variant always runs first or after the same neighbour):
 
 * ``hash_floor``: MD5 and SHA-512 of the reference output, MD5 on the calling thread and SHA-512
   on a helper thread, neither waiting for the other (SHA-512 steps queued, data read into a
-  ring of three 8 MiB buffers), as imageport's MultiHasher is fed; the holes
+  ring of three 8 MiB buffers); the holes
   (SEEK_DATA/SEEK_HOLE) are hashed from a reused buffer of zeros, never read. The one piece of
   work no import can avoid, so the yardstick of the two import paths;
 * ``cli``: ``imageport import SRC --disk-format qcow2 --target-format raw --json`` in a fresh
@@ -21,6 +21,9 @@ round to round (so no variant always runs first or after the same neighbour):
   ``POST /v2/images``, ``PUT /v2/images/ID/stage`` with the file, ``POST
   /v2/images/ID/import`` (glance-direct), then ``GET /v2/images/ID`` every 0.1 s until
   active; stage, import (POST import to active) and end to end (POST images to active) times;
+* ``api_no_early``: the same with ``IMAGEPORT_EARLY_CONVERSION=false``: nothing converts
+  while the upload arrives, the conversion starts once the stage is complete. Reported beside
+  the default (not a goal): the trade-off between ``PUT /stage`` and the end to end time;
 * ``plain_write``: the same HTTP client sends the same file to a sink on 127.0.0.1 with the
   API's server stack (uvicorn, bench/upload_sink.py) whose app only writes each body chunk to
   a file: what ``PUT /stage`` is compared with.
@@ -88,7 +91,7 @@ GOAL_RATIO = 1.3
 GOAL_STAGE_VS_PLAIN = 1.0
 GOAL_WORKER_RSS_MIB = 200
 CONVERT = ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-t", "none", "-m", "16", "-W"]
-VARIANTS = ("hash_floor", "cli", "api", "plain_write")
+VARIANTS = ("hash_floor", "cli", "api", "plain_write", "api_no_early")
 
 
 def log(msg: str) -> None:
@@ -577,13 +580,16 @@ def image_get(client: httpx.Client, image_id: str) -> dict:
     return image
 
 
-def run_api(cmd: list[str], uploader: Uploader, tmp: Path, want: dict) -> dict:
+def run_api(
+    cmd: list[str], uploader: Uploader, tmp: Path, want: dict, *, early: bool = True
+) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = clean_env(
         IMAGEPORT_DATA_DIR=str(tmp / "data"),
         IMAGEPORT_TARGET_FORMAT="raw",
         IMAGEPORT_AUTH_STRATEGY="noauth",
+        IMAGEPORT_EARLY_CONVERSION="true" if early else "false",
     )
     log_path = tmp / "api.log"
     with log_path.open("wb") as out:
@@ -786,6 +792,8 @@ def run_variant(variant: str, round_no: int, tmp: Path, ctx: Context) -> dict:
         return run_cli(ctx.cmd, ctx.src, tmp, ctx.want)
     if variant == "api":
         return run_api(ctx.cmd, ctx.uploader, tmp, ctx.want)
+    if variant == "api_no_early":
+        return run_api(ctx.cmd, ctx.uploader, tmp, ctx.want, early=False)
     if variant == "plain_write":
         assert ctx.sink is not None
         return run_plain_write(ctx.sink, ctx.uploader, round_no)
@@ -830,6 +838,12 @@ def add_ratios(row: dict) -> None:
         row["api_ratio"] = round(e2e / floor, 3)
     if stage and plain:
         row["stage_vs_plain"] = round(stage / plain, 3)
+    late_e2e = secs(row, "api_no_early", "end_to_end_s")
+    late_stage = secs(row, "api_no_early", "stage_s")
+    if floor and late_e2e:
+        row["api_no_early_ratio"] = round(late_e2e / floor, 3)
+    if late_stage and plain:
+        row["stage_vs_plain_no_early"] = round(late_stage / plain, 3)
 
 
 def summarize(
@@ -853,11 +867,15 @@ def summarize(
         "cli_ratio": med(ratio("cli_ratio")),
         "api_ratio": med(ratio("api_ratio")),
         "stage_vs_plain": med(ratio("stage_vs_plain")),
+        "api_no_early_stage_s": med(col("api_no_early", "stage_s")),
+        "api_no_early_end_to_end_s": med(col("api_no_early", "end_to_end_s")),
+        "api_no_early_ratio": med(ratio("api_no_early_ratio")),
+        "stage_vs_plain_no_early": med(ratio("stage_vs_plain_no_early")),
     }
     if "old_floor" in args.variants:
         medians["old_floor_s"] = med(col("old_floor"))
     cli_rss = col("cli", "peak_rss_mib")
-    api_import_rss = col("api", "import_peak_rss_mib")
+    api_import_rss = col("api", "import_peak_rss_mib") + col("api_no_early", "import_peak_rss_mib")
     memory = {
         "cli_process_peak_rss_mib": max(cli_rss) if cli_rss else None,
         "api_process_peak_rss_mib_during_stage": max(

@@ -52,6 +52,29 @@ def test_fed_buffers_mixed_with_updates_and_holes_hash_in_order():
     )
 
 
+def test_a_fed_buffer_is_free_once_both_hash_threads_took_it():
+    original = os.urandom(4 << 20)
+    data = bytearray(original)
+    with MultiHasher("sha512") as hasher:
+        hasher.feed(memoryview(data)).result(timeout=30)
+        data[:] = bytes(len(data))  # reused at once, as the conversion's ring does
+        digests = hasher.digests()
+    assert digests.md5 == hashlib.md5(original, usedforsecurity=False).hexdigest()
+    assert digests.value == hashlib.sha512(original).hexdigest()
+
+
+def test_a_failed_hash_step_fails_the_fed_future_and_the_digests():
+    with MultiHasher("sha512") as hasher:
+        done = hasher.feed(memoryview(bytearray(1 << 20)))
+        done.result(timeout=30)
+        # A str is not a buffer: both threads' steps raise, so do the future and digests().
+        failed = hasher.feed("text")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            failed.result(timeout=30)
+        with pytest.raises(TypeError):
+            hasher.digests()
+
+
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])
 def test_write_raw_writes_the_guest_direct_or_buffered(where, tmp_path):
     # tmpfs refuses O_DIRECT: every range is written buffered there; on disk the aligned ranges

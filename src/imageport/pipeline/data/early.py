@@ -7,8 +7,10 @@ the staged file as the stage writer fills it (``advance``): it learns the guest 
 qcow2 tables as they arrive (:mod:`~imageport.pipeline.data.qcow2_stream`), copies the data
 ranges into ``early.raw`` beside the staged file and hashes the guest in order, holes included,
 on the same one-pass path as the conversion stage (:func:`~imageport.pipeline.data.mapped.
-write_raw`). Following an API upload, its threads run at the lowest priority, so they use
-only what the upload leaves and ``PUT /stage`` is not slowed.
+write_raw`). Following an API upload, its threads run at the lowest priority, so they mostly
+use what the upload leaves: free when the client is slower than the API can receive; on a
+CPU-bound upload (a client on the same 2 cores) ``PUT /stage`` still loses about a fifth of its
+speed to them, which ``early_conversion = false`` avoids (README, Performance).
 
 Nothing it produces is trusted by itself. It records the digest of the layout it followed
 (``early.json``); the conversion stage, after the inspector passed the complete file and
@@ -47,10 +49,9 @@ log = structlog.get_logger(__name__)
 OUTPUT_NAME = "early.raw"  # beside the staged file
 RECORD_NAME = "early.json"
 WAIT_TICK = 0.5  # seconds between progress reports of a job waiting for its follower
-#: The nice value of a follower's threads when it follows an API upload: it then runs only on
-#: the CPU the upload leaves idle, so ``PUT /stage`` is as fast as without it (and the API's
-#: other requests come first). A worker's stage step follows at normal priority: nothing
-#: there is more urgent than the import itself.
+#: The nice value of a follower's threads when it follows an API upload: it then runs on the
+#: CPU the upload leaves idle, and the API's other requests come first. A worker's stage step
+#: follows at normal priority: nothing there is more urgent than the import itself.
 UPLOAD_NICE = 19
 
 
