@@ -7,9 +7,8 @@ the staged file as the stage writer fills it (``advance``): it learns the guest 
 qcow2 tables as they arrive (:mod:`~imageport.pipeline.data.qcow2_stream`), copies the data
 ranges into ``early.raw`` beside the staged file and hashes the guest in order, holes included,
 on the same one-pass path as the conversion stage (:func:`~imageport.pipeline.data.mapped.
-write_raw`). Following an API upload, its threads run at the lowest priority, so they mostly
-use what the upload leaves: free when the client is slower than the API can receive; on a
-CPU-bound upload (a client on the same 2 cores) ``PUT /stage`` still loses about a fifth of its
+write_raw`). Following an API upload, its threads run at nice 19 on what the upload leaves:
+free for a client slower than the API receives; a CPU-bound upload still loses a fifth of its
 speed to them, which ``early_conversion = false`` avoids (README, Performance).
 
 Nothing it produces is trusted by itself. It records the digest of the layout it followed
@@ -19,9 +18,8 @@ digest, the staged file is the one followed (device, inode, size, modification t
 hash algorithm is still the configured one: then ``early.raw`` holds exactly the bytes the
 one-pass conversion would write. Otherwise, or when the follower gave up (a layout it does not
 follow, a shortage of space, a failed stage), the files are removed and the stage converts as
-usual.
-No qemu process runs on the partial file; the follower only reads bytes of a file imageport
-writes, at offsets it checks.
+usual. No qemu process runs on the partial file; the follower only reads bytes of a file
+imageport writes, at offsets it checks.
 """
 
 from __future__ import annotations
