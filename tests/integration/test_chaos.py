@@ -178,7 +178,7 @@ def _group_of(groups, owner):
     return None
 
 
-def _check_outcome(env, db, ids, logs):
+def _check_outcome(env, db, ids, logs, *, kills=0):
     data = Path(env["IMAGEPORT_DATA_DIR"])
     with db.session() as session:
         images = [image_to_dict(repository.get_image(session, s.image_id)) for s in ids]
@@ -200,7 +200,10 @@ def _check_outcome(env, db, ids, logs):
     assert leftover_files(data / "scratch") == []
     stored = {p.name for p in leftover_files(data / "images")}
     assert stored == {i["id"] for i in images}, "orphan or partial objects in the store"
-    # Exactly one successful delivery per job, across every worker that ever ran.
+    # Exactly one successful delivery per job, across every worker that ever ran. A kill -9
+    # that lands between a job's last commit and its summary line leaves the job done with no
+    # line (seen once in CI: the log ends at the copy stage, the record says success): at most
+    # one such job per kill, and none ran twice.
     successes: dict[str, int] = {}
     for log in logs:
         for line in log.read_text().splitlines():
@@ -208,7 +211,9 @@ def _check_outcome(env, db, ids, logs):
                 entry = json.loads(line)
                 if entry.get("outcome") == "success":
                     successes[entry["task_id"]] = successes.get(entry["task_id"], 0) + 1
-    assert successes == {s.task_id: 1 for s in ids}
+    assert set(successes) <= {s.task_id for s in ids}
+    assert all(count == 1 for count in successes.values()), successes
+    assert len(ids) - len(successes) <= kills
 
 
 def test_kill_9_workers_mid_stage(cluster, tmp_path):
@@ -233,7 +238,7 @@ def test_kill_9_workers_mid_stage(cluster, tmp_path):
         groups.append(start_group())
     assert len(kills) >= 3
     wait_for(lambda: set(_statuses(services.db, ids)) == {"success"}, 180, "every import", 0.2)
-    _check_outcome(env, services.db, ids, [g.log for g in groups])
+    _check_outcome(env, services.db, ids, [g.log for g in groups], kills=len(kills))
 
 
 def test_broker_restart_mid_run(cluster, servers, tmp_path):
