@@ -136,9 +136,8 @@ def _own_or_other(session: Session, picker: _Picker, own: Task, cap: int | None)
     capped = cap is not None and mine >= cap
     # Another project goes first when it has fewer imports in flight (or this one is capped);
     # on a tie, when the draw goes against this one.
-    other = picker.least_served(exclude=(project,), below=None if capped else mine)
-    if other is None and not capped and _loses_draw(picker, project, mine):
-        other = picker.least_served(exclude=(project,), below=mine + 1)
+    below = None if capped else mine + int(_loses_draw(picker, project, mine))
+    other = picker.least_served(exclude=(project,), below=below)
     if other is not None:
         return Turn(other, leased=True)
     if capped:
@@ -202,9 +201,7 @@ class _Picker:
         """The projects with pending imports, in random order (ties are drawn, not fixed)."""
         projects = waiting_projects(self.session)
         # Shuffled, then sorted stably by in-flight count: equal counts stay in random order.
-        for i in range(len(projects) - 1, 0, -1):
-            j = secrets.randbelow(i + 1)
-            projects[i], projects[j] = projects[j], projects[i]
+        secrets.SystemRandom().shuffle(projects)
         return projects
 
     def least_served(
