@@ -98,12 +98,13 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-def identify(request: Request) -> Identity:
+async def identify(request: Request) -> Identity:
     """FastAPI dependency: the identity the middleware established.
 
     Raises:
         ApiError: 401 when the request was not authenticated (an open path).
     """
+    # async: no thread-pool hand-off per request (see context_of in imageport.api.deps)
     identity: Identity | None = getattr(request.state, "identity", None)
     if identity is None:
         raise ApiError(401, "this request needs an authenticated identity", code="unauthorized")

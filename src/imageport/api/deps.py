@@ -35,8 +35,11 @@ class ApiContext:
         return self.services.settings
 
 
-def context_of(request: Request) -> ApiContext:
+async def context_of(request: Request) -> ApiContext:
     """The app's :class:`ApiContext` (set at start-up)."""
+    # async although it never awaits: FastAPI runs a plain ``def`` dependency on its thread
+    # pool, and those hand-offs (one per dependency and request) made GET /v2/images/ID cost
+    # 7.5 ms of server CPU instead of 6.5 here. Every cheap dependency is async for this.
     ctx: ApiContext = request.app.state.api
     return ctx
 

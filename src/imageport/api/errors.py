@@ -110,7 +110,7 @@ def bad_request(message: str, code: str = "invalid_request") -> ApiError:
     return ApiError(400, message, code=code)
 
 
-def refuse_nul(request: Request) -> None:
+async def refuse_nul(request: Request) -> None:
     """Answer 400 to a NUL character anywhere in the path or the query string.
 
     No id, name or filter value holds one, and PostgreSQL refuses it outright; refusing it here
@@ -119,6 +119,7 @@ def refuse_nul(request: Request) -> None:
     Raises:
         ApiError: 400 ``invalid_request``.
     """
+    # async: no thread-pool hand-off per request (see context_of in imageport.api.deps)
     query = request.query_params.multi_items()
     if "\x00" in request.scope["path"] or any("\x00" in k + v for k, v in query):
         raise bad_request("the URL holds a NUL character (%00); remove it and send it again")

@@ -106,8 +106,9 @@ class UploadSlots:
                     del self._by_project[project]  # no entry per project ever seen
 
 
-def slots_of(request: Request) -> UploadSlots:
+async def slots_of(request: Request) -> UploadSlots:
     """The app's :class:`UploadSlots` (made by ``create_app``)."""
+    # async: no thread-pool hand-off per request (see context_of in imageport.api.deps)
     slots: UploadSlots = request.app.state.upload_slots
     return slots
 
