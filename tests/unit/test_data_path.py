@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -121,6 +122,33 @@ def test_background_writer_tells_how_far_the_file_is_written_zero_chunks_include
         os.close(fd)
     assert told == [4096 * (i + 1) for i in range(len(chunks))]
     assert target.read_bytes().ljust(5 * 4096, b"\0") == b"".join(chunks)
+
+
+def test_background_writer_copies_a_mutable_chunk_and_keeps_a_bytes_one(tmp_path):
+    # A chunk of a reused buffer may change once write() returns: what it held is written.
+    # A view of bytes cannot change: it is kept until written, two in flight at most.
+    target = tmp_path / "out"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
+    release = threading.Event()
+    first = os.urandom(4096)
+    try:
+        writer = BackgroundWriter(fd, done=lambda _end: release.wait(10))
+        reused = bytearray(os.urandom(4096))
+        want = bytes(reused)
+        writer.write(memoryview(reused), 0)
+        reused[:] = os.urandom(4096)
+        writer.write(memoryview(first), 4096)
+        third = threading.Thread(target=writer.write, args=(memoryview(first), 8192))
+        third.start()
+        third.join(0.3)
+        assert third.is_alive()  # two writes held, waiting: the third waits for a slot
+        release.set()
+        third.join(10)
+        writer.finish()
+        writer.close()
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == want + first + first
 
 
 def test_hash_specs_are_checked():

@@ -2,8 +2,9 @@
 
 The staging scan is synchronous and CPU-bound (hashing, inspection), so it runs in a worker
 thread; that thread pulls the body from the event loop, up to :data:`BATCH_BYTES` per trip.
-uvicorn stops reading the socket while its buffer is full, so an upload holds at most one batch
-and one chunk in memory, whatever its size.
+uvicorn stops reading the socket while its buffer is full, so an upload holds at most one batch,
+the chunk being scanned and the chunks its writer has not written yet (two) in memory, whatever
+its size.
 
 The thread waits for the client between two pieces, so it must come from the uploads' own
 limiter (:mod:`imageport.api.upload_slots`), never from the pool other requests are served
@@ -19,13 +20,16 @@ from collections.abc import AsyncIterator, Iterator
 import anyio.from_thread
 from starlette.requests import Request
 
-from imageport.pipeline import coalesce
-
 BATCH_BYTES = 1024 * 1024  # body pieces handed to the thread per event-loop round trip
 
 
-def body_chunks(request: Request, buffer: bytearray) -> Iterator[memoryview]:
-    """The request body as ``buffer``-sized chunks; call only from an anyio worker thread."""
+def body_chunks(request: Request) -> Iterator[memoryview]:
+    """The request body in chunks of ``BATCH_BYTES`` or more (the last may be shorter).
+
+    Call only from an anyio worker thread. Each chunk is a view of a ``bytes`` object of its
+    own, never of a reused buffer: whoever consumes it may keep it without copying it (the
+    upload's writer does, which spares a copy of every byte).
+    """
     stream: AsyncIterator[bytes] = request.stream().__aiter__()
 
     async def pull() -> list[bytes] | None:
@@ -46,12 +50,9 @@ def body_chunks(request: Request, buffer: bytearray) -> Iterator[memoryview]:
                 return None
         return pieces
 
-    def pieces() -> Iterator[memoryview]:
-        while True:
-            batch = anyio.from_thread.run(pull)
-            if batch is None:
-                return
-            for piece in batch:
-                yield memoryview(piece)
-
-    return coalesce(pieces(), buffer)
+    while True:
+        batch = anyio.from_thread.run(pull)
+        if batch is None:
+            return
+        # The one copy of the body in user space (a piece alone is one already).
+        yield memoryview(batch[0] if len(batch) == 1 else b"".join(batch))

@@ -183,12 +183,11 @@ async def _receive(
     disk_format = await anyio.to_thread.run_sync(_disk_format, ctx, image_id)
 
     def work() -> object:
-        buffer = bytearray(ctx.settings.chunk_size)
         scanned = receive_upload(
             ctx.settings,
             ctx.services.staging,
             image_id,
-            body_chunks(request, buffer),
+            body_chunks(request),
             disk_format=disk_format,
             length=int(length) if length and length.isdigit() else None,
             # glance-direct declares no digests: the upload's own are needed only when the
