@@ -12,6 +12,10 @@ round to round (so no variant always runs first or after the same neighbour):
   ring of three 8 MiB buffers); the holes
   (SEEK_DATA/SEEK_HOLE) are hashed from a reused buffer of zeros, never read. The one piece of
   work no import can avoid, so the yardstick of the two import paths;
+* ``write_floor`` (a diagnostic, not a goal): the hash floor while a helper thread also writes
+  the data ranges into a new file with O_DIRECT (read again from the page cache into an
+  aligned buffer, holes left as holes) and fsyncs it: what hashing costs on this machine when
+  the output must also reach the disk, as it must for any import that stores it;
 * ``cli``: ``imageport import SRC --disk-format qcow2 --target-format raw --json`` in a fresh
   ``IMAGEPORT_DATA_DIR`` (embedded mode: SQLite, file store, in-process worker); wall time;
   it must end active with the floor's MD5 and SHA-512;
@@ -34,10 +38,12 @@ client streaming the file in 1 MiB chunks (``--client`` picks one); the JSON nam
 
 Ratios (per round, then medians): ``cli_ratio`` = cli / hash_floor and ``api_ratio`` = api end
 to end / hash_floor (goal <= 1.3 each), ``stage_vs_plain`` = stage / plain_write seconds (goal
-<= 1.0). Peak RSS: of the imageport process of the CLI (VmHWM, polled while it runs) and of the
-API process (its VmHWM reset through /proc/PID/clear_refs before the stage and again before the
-import, so stage and import peaks are told apart: in embedded mode the API process is the
-worker); qemu-img and any other child is sampled separately. Goal: worker peak < 200 MiB.
+<= 1.0); ``write_floor_ratio`` = write_floor / hash_floor, ``cli_vs_write_floor`` and
+``api_vs_write_floor`` the same two paths against write_floor (diagnostics). Peak RSS: of the
+imageport process of the CLI (VmHWM, polled while it runs) and of the API process (its VmHWM
+reset through /proc/PID/clear_refs before the stage and again before the import, so stage and
+import peaks are told apart: in embedded mode the API process is the worker); qemu-img and any
+other child is sampled separately. Goal: worker peak < 200 MiB.
 
 Nothing is dropped from the page cache: the source and the reference output are read once
 before round 1, so every variant starts from a warm source. Each variant writes new files in a
@@ -57,6 +63,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import platform
 import shlex
@@ -91,7 +98,7 @@ GOAL_RATIO = 1.3
 GOAL_STAGE_VS_PLAIN = 1.0
 GOAL_WORKER_RSS_MIB = 200
 CONVERT = ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-t", "none", "-m", "16", "-W"]
-VARIANTS = ("hash_floor", "cli", "api", "plain_write", "api_no_early")
+VARIANTS = ("hash_floor", "write_floor", "cli", "api", "plain_write", "api_no_early")
 
 
 def log(msg: str) -> None:
@@ -259,12 +266,17 @@ class Feeder:
 
 
 def hash_file(
-    path: Path, pool: concurrent.futures.ThreadPoolExecutor, *, sparse: bool = True
+    path: Path,
+    pool: concurrent.futures.ThreadPoolExecutor,
+    *,
+    sparse: bool = True,
+    on_data: Callable[[int, int], None] | None = None,
 ) -> tuple[str, str]:
     """MD5 and SHA-512 of ``path`` as imageport's MultiHasher is fed (see :class:`Feeder`).
 
     Data is read into a ring of three buffers, so the slower hash always has its next chunk.
     With sparse, holes are not read: they are hashed from a reused buffer of zeros.
+    ``on_data(offset, length)`` hears of each data chunk once it is read.
     """
     feeder = Feeder(pool)
     zeros = memoryview(bytes(CHUNK))
@@ -282,6 +294,8 @@ def hash_file(
                     n = f.readinto(buffer[:n])
                     if not n:
                         raise OSError(f"{path} shrank while hashing")
+                    if on_data is not None:
+                        on_data(offset + length - left, n)
                     feeder.feed(buffer[:n], buffer)
                 else:
                     feeder.feed(zeros[:n], None)
@@ -295,6 +309,65 @@ def run_hash_floor(ref: Path, pool: concurrent.futures.ThreadPoolExecutor, want:
     seconds = time.perf_counter() - t0
     if md5 != want["md5"] or sha512 != want["sha512"]:
         raise SystemExit(f"headline: hash floor digests changed between rounds ({md5})")
+    return {"seconds": seconds}
+
+
+class DirectCopy:
+    """Copies ranges of one file into a new one on a helper thread, with O_DIRECT.
+
+    As imageport's converter writes its output: each range is read again from the page cache
+    into an aligned buffer and written straight to the disk; what is not copied stays a hole.
+    """
+
+    def __init__(self, src: Path, dst: Path) -> None:
+        self._src = os.open(src, os.O_RDONLY)
+        self._fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._direct = os.open(dst, os.O_WRONLY | os.O_DIRECT)
+        self._buffer = memoryview(mmap.mmap(-1, CHUNK))  # page-aligned, as O_DIRECT wants
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()
+
+    def copy(self, offset: int, length: int) -> None:
+        """Queue bytes [offset, offset + length) (at most CHUNK) for copying."""
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._copy, offset, length))
+
+    def _copy(self, offset: int, length: int) -> None:
+        view = self._buffer[:length]
+        if os.preadv(self._src, [view], offset) != length:
+            raise OSError("the reference output shrank")
+        aligned = offset % 4096 == 0 and length % 4096 == 0
+        fd = self._direct if aligned else self._fd
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def finish(self, size: int) -> None:
+        """Wait for every copy, set the length, fsync, close."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        finally:
+            self._pool.shutdown()
+            for fd in (self._direct, self._fd, self._src):
+                os.close(fd)
+
+
+def run_write_floor(
+    ref: Path, tmp: Path, pool: concurrent.futures.ThreadPoolExecutor, want: dict
+) -> dict:
+    t0 = time.perf_counter()
+    copy = DirectCopy(ref, tmp / "out.raw")
+    try:
+        md5, sha512 = hash_file(ref, pool, on_data=copy.copy)
+    finally:
+        copy.finish(want["size"])
+    seconds = time.perf_counter() - t0
+    if md5 != want["md5"] or sha512 != want["sha512"]:
+        raise SystemExit(f"headline: write floor digests changed between rounds ({md5})")
     return {"seconds": seconds}
 
 
@@ -786,18 +859,18 @@ class Context:
 
 
 def run_variant(variant: str, round_no: int, tmp: Path, ctx: Context) -> dict:
-    if variant == "hash_floor":
-        return run_hash_floor(ctx.ref, ctx.pool, ctx.want)
-    if variant == "cli":
-        return run_cli(ctx.cmd, ctx.src, tmp, ctx.want)
-    if variant == "api":
-        return run_api(ctx.cmd, ctx.uploader, tmp, ctx.want)
-    if variant == "api_no_early":
-        return run_api(ctx.cmd, ctx.uploader, tmp, ctx.want, early=False)
+    runs: dict[str, Callable[[], dict]] = {
+        "hash_floor": lambda: run_hash_floor(ctx.ref, ctx.pool, ctx.want),
+        "write_floor": lambda: run_write_floor(ctx.ref, tmp, ctx.pool, ctx.want),
+        "cli": lambda: run_cli(ctx.cmd, ctx.src, tmp, ctx.want),
+        "api": lambda: run_api(ctx.cmd, ctx.uploader, tmp, ctx.want),
+        "api_no_early": lambda: run_api(ctx.cmd, ctx.uploader, tmp, ctx.want, early=False),
+        "old_floor": lambda: run_old_floor(ctx.src, tmp, ctx.pool),
+    }
     if variant == "plain_write":
         assert ctx.sink is not None
         return run_plain_write(ctx.sink, ctx.uploader, round_no)
-    return run_old_floor(ctx.src, tmp, ctx.pool)
+    return runs[variant]()
 
 
 def run_rounds(args: argparse.Namespace, ctx: Context, work_dir: Path) -> list[dict]:
@@ -838,6 +911,13 @@ def add_ratios(row: dict) -> None:
         row["api_ratio"] = round(e2e / floor, 3)
     if stage and plain:
         row["stage_vs_plain"] = round(stage / plain, 3)
+    written = secs(row, "write_floor")
+    if written and floor:
+        row["write_floor_ratio"] = round(written / floor, 3)
+    if written and cli:
+        row["cli_vs_write_floor"] = round(cli / written, 3)
+    if written and e2e:
+        row["api_vs_write_floor"] = round(e2e / written, 3)
     late_e2e = secs(row, "api_no_early", "end_to_end_s")
     late_stage = secs(row, "api_no_early", "stage_s")
     if floor and late_e2e:
@@ -871,6 +951,10 @@ def summarize(
         "api_no_early_end_to_end_s": med(col("api_no_early", "end_to_end_s")),
         "api_no_early_ratio": med(ratio("api_no_early_ratio")),
         "stage_vs_plain_no_early": med(ratio("stage_vs_plain_no_early")),
+        "write_floor_s": med(col("write_floor")),
+        "write_floor_ratio": med(ratio("write_floor_ratio")),
+        "cli_vs_write_floor": med(ratio("cli_vs_write_floor")),
+        "api_vs_write_floor": med(ratio("api_vs_write_floor")),
     }
     if "old_floor" in args.variants:
         medians["old_floor_s"] = med(col("old_floor"))
@@ -916,6 +1000,9 @@ def summarize(
             "hash_floor": "MD5 (calling thread) and SHA-512 (helper thread) over the same "
             "reused 8 MiB buffers of the reference `qemu-img convert -O raw` output; holes "
             "(SEEK_DATA/SEEK_HOLE) hashed from a zero buffer, never read",
+            "write_floor": "hash_floor while a helper thread copies each data chunk into a new "
+            "file with O_DIRECT (holes left), then fsync: the floor plus writing the output "
+            "(a diagnostic, not a goal)",
             "api": "imageport api, noauth, embedded defaults (SQLite, memory:// broker: the "
             "API process runs the import), IMAGEPORT_TARGET_FORMAT=raw; stage_s = PUT /stage, "
             "import_s = POST /import until GET shows active (polled every 0.1 s), "
