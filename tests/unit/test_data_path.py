@@ -18,6 +18,7 @@ from imageport.pipeline.data import mapped
 from imageport.pipeline.data.extents import data_runs, is_zero, read_extents
 from imageport.pipeline.data.hashing import MultiHasher, parse_hash_spec, same_digest
 from imageport.pipeline.data.mapped import Run
+from imageport.pipeline.data.scan import coalesce
 from imageport.pipeline.data.writer import BackgroundWriter
 from imageport.pipeline.request import ImportRequest
 from imageport.pipeline.safety.qemu import Limits, run_limited
@@ -149,6 +150,37 @@ def test_background_writer_copies_a_mutable_chunk_and_keeps_a_bytes_one(tmp_path
     finally:
         os.close(fd)
     assert target.read_bytes() == want + first + first
+
+
+def test_coalesce_joins_reads_into_chunks_of_their_own():
+    # Reads of bytes are joined into chunks of 1 MiB or more, each a bytes object of its own;
+    # a read that is a view of a reused buffer is copied before the source reuses it.
+    reused = bytearray(64 * 1024)
+
+    def reads():
+        for i in range(40):
+            if i % 2:
+                yield memoryview(os.urandom(64 * 1024))
+            else:
+                reused[:] = os.urandom(64 * 1024)
+                yield memoryview(reused)
+
+    sent = []
+    chunks = []
+    for chunk in coalesce(piece for piece in _remember(reads(), sent)):
+        assert isinstance(chunk.obj, bytes)
+        chunks.append(bytes(chunk))
+    assert b"".join(chunks) == b"".join(sent)
+    assert [len(c) for c in chunks] == [1024 * 1024, 1024 * 1024, 512 * 1024]
+    big = os.urandom(2 * 1024 * 1024)
+    (only,) = coalesce(iter([memoryview(big)]))
+    assert only.obj is big  # one large read: no copy
+
+
+def _remember(reads, sent):
+    for piece in reads:
+        sent.append(bytes(piece))
+        yield piece
 
 
 def test_hash_specs_are_checked():

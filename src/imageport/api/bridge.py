@@ -20,11 +20,13 @@ from collections.abc import AsyncIterator, Iterator
 import anyio.from_thread
 from starlette.requests import Request
 
+from imageport.pipeline import coalesce
+
 BATCH_BYTES = 1024 * 1024  # body pieces handed to the thread per event-loop round trip
 
 
 def body_chunks(request: Request) -> Iterator[memoryview]:
-    """The request body in chunks of ``BATCH_BYTES`` or more (the last may be shorter).
+    """The request body as chunks of 1 MiB or more (:func:`~imageport.pipeline.coalesce`).
 
     Call only from an anyio worker thread. Each chunk is a view of a ``bytes`` object of its
     own, never of a reused buffer: whoever consumes it may keep it without copying it (the
@@ -50,9 +52,12 @@ def body_chunks(request: Request) -> Iterator[memoryview]:
                 return None
         return pieces
 
-    while True:
-        batch = anyio.from_thread.run(pull)
-        if batch is None:
-            return
-        # The one copy of the body in user space (a piece alone is one already).
-        yield memoryview(batch[0] if len(batch) == 1 else b"".join(batch))
+    def pieces() -> Iterator[memoryview]:
+        while True:
+            batch = anyio.from_thread.run(pull)
+            if batch is None:
+                return
+            for piece in batch:
+                yield memoryview(piece)
+
+    return coalesce(pieces())

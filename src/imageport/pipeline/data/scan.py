@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
@@ -66,30 +66,35 @@ COALESCE_BYTES = 1024 * 1024  # network reads are gathered into chunks of at lea
 COALESCE_SECONDS = 0.25  # ... unless this long passed: a slow source still reports progress
 
 
-def coalesce(chunks: Iterator[memoryview], buffer: bytearray) -> Iterator[memoryview]:
+def coalesce(chunks: Iterable[memoryview]) -> Iterator[memoryview]:
     """Gather small network reads into larger chunks (>= 1 MiB, or every 0.25 s).
 
     A server (or a network) that delivers tiny reads would otherwise cost one inspector,
-    hashing and write round per read; one copy into a reused buffer is far cheaper. The time
-    bound keeps progress, cancel and the stall watchdog live on a slow download.
+    hashing and write round per read; one join of the reads is far cheaper. The time bound
+    keeps progress, cancel and the stall watchdog live on a slow download. Each chunk is a view
+    of a ``bytes`` object of its own, which the background writer keeps until written instead
+    of copying it: a read is copied once (by the join), not twice.
     """
-    view = memoryview(buffer)
-    filled = 0
+    pieces: list[memoryview] = []
+    size = 0
     last = time.monotonic()
     for received in chunks:
-        rest = received
-        while len(rest):
-            n = min(len(rest), len(view) - filled)
-            view[filled : filled + n] = rest[:n]
-            filled += n
-            rest = rest[n:]
-            now = time.monotonic()
-            if filled == len(view) or (filled >= COALESCE_BYTES or now - last >= COALESCE_SECONDS):
-                yield view[:filled]
-                filled = 0
-                last = now
-    if filled:
-        yield view[:filled]
+        if not len(received):
+            continue
+        # Kept until the join: a view of someone's reused buffer is copied now, a view of
+        # bytes (what httpx and uvicorn hand over) cannot change and is kept as it is.
+        pieces.append(received if isinstance(received.obj, bytes) else memoryview(bytes(received)))
+        size += len(received)
+        now = time.monotonic()
+        if size >= COALESCE_BYTES or now - last >= COALESCE_SECONDS:
+            yield _joined(pieces)
+            pieces, size, last = [], 0, now
+    if pieces:
+        yield _joined(pieces)
+
+
+def _joined(pieces: list[memoryview]) -> memoryview:
+    return pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
 
 
 def scan(

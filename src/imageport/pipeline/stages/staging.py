@@ -79,7 +79,7 @@ def _stage(ctx: JobContext, services: Services) -> StagedOutput:
             resume = 0  # the server sent the whole body: start over
         chunks = body
         if resume:
-            # The file chunks are used up before the body's first chunk fills the buffer.
+            # What is staged already is read back (and scanned) first, then the rest arrives.
             chunks = itertools.chain(file_chunks(target, buffer), body)
         elif ctx.request.method == "web-download":
             chunks = _mark_resumable(ctx, body)
@@ -149,7 +149,7 @@ def _open_source(
             max_redirects=ctx.settings.http_max_redirects,
             offset=offset,
         ) as (info, chunks):
-            yield info, coalesce(chunks, buffer)
+            yield info, coalesce(chunks)
         return
     if request.method == "glance-download":
         # The operator's own Image API endpoint: trusted, so no web-download URL policy;
@@ -160,7 +160,7 @@ def _open_source(
             info,
             chunks,
         ):
-            yield info, coalesce(chunks, buffer)
+            yield info, coalesce(chunks)
         return
     path = Path(request.source)
     length = path.stat().st_size if path.is_file() else None
