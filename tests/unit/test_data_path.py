@@ -106,6 +106,45 @@ def test_write_raw_writes_the_guest_direct_or_buffered(where, tmp_path):
             shutil.rmtree(folder)
 
 
+def test_write_raw_hashes_a_complete_file_where_it_lies_and_reads_one_still_growing(tmp_path):
+    # While the file is not final its ranges are read (copied); once it is, they are mapped.
+    # A range past the end of a final file (a trailing hole the writer left) reads as zeros.
+    source = tmp_path / "image"
+    data = os.urandom(3 << 20)
+    source.write_bytes(data)
+    runs = [Run(0, 1 << 20, 1 << 20), Run(1 << 20, 1 << 20, 0), Run(2 << 20, 2 << 20, 2 << 20)]
+    answers = iter([False, True])
+    windows = []
+    real_window = mapped._window
+
+    def spy(*args):
+        window = real_window(*args)
+        windows.append(window is not None)
+        return window
+
+    target = tmp_path / "out.raw"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(mapped, "_window", spy)
+    try:
+        with MultiHasher("sha256") as hasher:
+            digests = mapped.write_raw(
+                source,
+                runs,
+                target,
+                hasher,
+                1 << 20,
+                lambda _: None,
+                ready=lambda _end: None,
+                final=lambda: next(answers, True),
+            )
+    finally:
+        mp.undo()
+    want = data[1 << 20 : 2 << 20] + data[: 1 << 20] + data[2 << 20 :] + bytes(1 << 20)
+    assert target.read_bytes().ljust(4 << 20, b"\0") == want
+    assert digests.value == hashlib.sha256(want).hexdigest()
+    assert windows == [False, True, True, False]  # read, mapped, mapped, past the end: read
+
+
 def test_background_writer_tells_how_far_the_file_is_written_zero_chunks_included(tmp_path):
     # All-zero chunks are not written but still told, in order, after the writes before them;
     # they hold no buffer, so a writer whose queue holds only such entries still finds one.

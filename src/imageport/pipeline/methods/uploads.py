@@ -116,7 +116,8 @@ def _write(
 ) -> ScanResult:
     """Write and scan the upload; ``formats``: declared format, target format, length."""
     disk_format, target_format, length = formats
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    target.unlink(missing_ok=True)  # a new file, never one truncated (see mapped._window)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
     following = early.following(
         target,
         disk_format=disk_format,

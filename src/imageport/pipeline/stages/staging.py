@@ -171,8 +171,11 @@ def _copy(
     ctx: JobContext, chunks: Iterator[memoryview], target: Path, info: SourceInfo, *, keep: int = 0
 ) -> ScanResult:
     # keep > 0: the first ``keep`` bytes are already staged (a resumed download).
-    flags = os.O_WRONLY | os.O_CREAT | (0 if keep else os.O_TRUNC)
-    fd = os.open(target, flags, 0o600)
+    if not keep:
+        # A new file, never the old one truncated: a conversion may still map the old one,
+        # and a mapped page cut off by a truncation kills its process (mapped._window).
+        target.unlink(missing_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
     # A qcow2 converted to raw is converted while it is staged (not a resumed download: the
     # follower must see every byte land).
     following = early.following(
