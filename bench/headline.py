@@ -899,31 +899,24 @@ def secs(row: dict, variant: str, key: str = "seconds") -> float | None:
     return part.get(key) if isinstance(part, dict) else None
 
 
+#: Ratios of one round: name, then numerator and denominator as (variant, key).
+RATIOS = (
+    ("cli_ratio", ("cli", "seconds"), ("hash_floor", "seconds")),
+    ("api_ratio", ("api", "end_to_end_s"), ("hash_floor", "seconds")),
+    ("stage_vs_plain", ("api", "stage_s"), ("plain_write", "seconds")),
+    ("write_floor_ratio", ("write_floor", "seconds"), ("hash_floor", "seconds")),
+    ("cli_vs_write_floor", ("cli", "seconds"), ("write_floor", "seconds")),
+    ("api_vs_write_floor", ("api", "end_to_end_s"), ("write_floor", "seconds")),
+    ("api_no_early_ratio", ("api_no_early", "end_to_end_s"), ("hash_floor", "seconds")),
+    ("stage_vs_plain_no_early", ("api_no_early", "stage_s"), ("plain_write", "seconds")),
+)
+
+
 def add_ratios(row: dict) -> None:
-    floor = secs(row, "hash_floor")
-    cli = secs(row, "cli")
-    e2e = secs(row, "api", "end_to_end_s")
-    stage = secs(row, "api", "stage_s")
-    plain = secs(row, "plain_write")
-    if floor and cli:
-        row["cli_ratio"] = round(cli / floor, 3)
-    if floor and e2e:
-        row["api_ratio"] = round(e2e / floor, 3)
-    if stage and plain:
-        row["stage_vs_plain"] = round(stage / plain, 3)
-    written = secs(row, "write_floor")
-    if written and floor:
-        row["write_floor_ratio"] = round(written / floor, 3)
-    if written and cli:
-        row["cli_vs_write_floor"] = round(cli / written, 3)
-    if written and e2e:
-        row["api_vs_write_floor"] = round(e2e / written, 3)
-    late_e2e = secs(row, "api_no_early", "end_to_end_s")
-    late_stage = secs(row, "api_no_early", "stage_s")
-    if floor and late_e2e:
-        row["api_no_early_ratio"] = round(late_e2e / floor, 3)
-    if late_stage and plain:
-        row["stage_vs_plain_no_early"] = round(late_stage / plain, 3)
+    for name, (top, top_key), (bottom, bottom_key) in RATIOS:
+        num, den = secs(row, top, top_key), secs(row, bottom, bottom_key)
+        if num and den:
+            row[name] = round(num / den, 3)
 
 
 def summarize(

@@ -41,6 +41,7 @@ class BackgroundWriter:
         # Each queued write and what it holds: one of the buffers, a chunk kept as it is, or
         # nothing (an all-zero chunk only tells the follower).
         self._pending: list[tuple[Future[None], bytearray | memoryview]] = []
+        self._holding = 0  # entries of _pending that hold bytes (a buffer or a kept chunk)
 
     def write(self, chunk: memoryview, offset: int) -> None:
         """Queue ``chunk`` for writing at ``offset``; the caller may reuse it at once.
@@ -58,17 +59,18 @@ class BackgroundWriter:
                 told = self._pool.submit(self._done, offset + len(chunk))
                 self._pending.append((told, bytearray()))
             return  # all zeros: a hole, nothing to write
+        held: bytearray | memoryview
         if isinstance(chunk.obj, bytes):
-            while sum(1 for _, held in self._pending if held) >= BUFFERS:
+            while self._holding >= BUFFERS:
                 self._settle_oldest()  # as many chunks in flight as buffers, no more
-            written = self._pool.submit(self._write, chunk, runs, offset, len(chunk))
-            self._pending.append((written, chunk))
-            return
-        buffer = self._buffer(len(chunk))
-        view = memoryview(buffer)
-        view[: len(chunk)] = chunk
+            held = view = chunk
+        else:
+            held = self._buffer(len(chunk))
+            view = memoryview(held)
+            view[: len(chunk)] = chunk
         written = self._pool.submit(self._write, view, runs, offset, len(chunk))
-        self._pending.append((written, buffer))
+        self._pending.append((written, held))
+        self._holding += 1
 
     def finish(self) -> None:
         """Wait until every queued chunk is written; raise the first failure."""
@@ -94,6 +96,8 @@ class BackgroundWriter:
 
     def _settle_oldest(self) -> None:
         future, held = self._pending.pop(0)
+        if held:
+            self._holding -= 1
         if isinstance(held, bytearray) and held:
             self._free.append(held)
         future.result()
