@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from imageport.errors import InvalidRequest, QemuTimeout
-from imageport.pipeline.data import mapped
+from imageport.pipeline.data import extents, mapped
 from imageport.pipeline.data.extents import data_runs, is_zero, read_extents
 from imageport.pipeline.data.hashing import MultiHasher, parse_hash_spec, same_digest
 from imageport.pipeline.data.mapped import Run
@@ -106,89 +107,95 @@ def test_write_raw_writes_the_guest_direct_or_buffered(where, tmp_path):
             shutil.rmtree(folder)
 
 
-def test_write_raw_hashes_a_complete_file_where_it_lies_and_reads_one_still_growing(tmp_path):
-    # While the file is not final its ranges are read (copied); once it is, they are mapped.
-    # A range past the end of a final file (a trailing hole the writer left) reads as zeros.
+def test_write_raw_reads_aligned_ranges_with_o_direct_and_a_growing_files_tail_as_zeros(
+    tmp_path,
+):
+    # Aligned ranges are read around the page cache (O_DIRECT, where the file system has it),
+    # an unaligned one through it; a range past the end of a file still being staged (its
+    # trailing hole) reads as zeros once ``ready`` said it is final.
     source = tmp_path / "image"
     data = os.urandom(3 << 20)
     source.write_bytes(data)
-    runs = [Run(0, 1 << 20, 1 << 20), Run(1 << 20, 1 << 20, 0), Run(2 << 20, 2 << 20, 2 << 20)]
-    answers = iter([False, True])
-    windows = []
-    real_window = mapped._window
+    runs = [
+        Run(0, 1 << 20, 1 << 20),
+        Run(1 << 20, 1 << 20, 4608),
+        Run(2 << 20, 2 << 20, 2 << 20),
+    ]
+    reads = []
+    real_preadv = os.preadv
 
-    def spy(*args):
-        window = real_window(*args)
-        windows.append(window is not None)
-        return window
+    def spy(fd, buffers, offset, *args):
+        reads.append((offset, bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)))
+        return real_preadv(fd, buffers, offset, *args)
 
     target = tmp_path / "out.raw"
+    direct = extents.open_direct(source, os.O_RDONLY)
+    if direct is not None:
+        os.close(direct)
     mp = pytest.MonkeyPatch()
-    mp.setattr(mapped, "_window", spy)
+    mp.setattr(mapped.os, "preadv", spy)
     try:
         with MultiHasher("sha256") as hasher:
             digests = mapped.write_raw(
-                source,
-                runs,
-                target,
-                hasher,
-                1 << 20,
-                lambda _: None,
-                ready=lambda _end: None,
-                final=lambda: next(answers, True),
+                source, runs, target, hasher, 1 << 20, lambda _: None, ready=lambda _end: None
             )
     finally:
         mp.undo()
-    want = data[1 << 20 : 2 << 20] + data[: 1 << 20] + data[2 << 20 :] + bytes(1 << 20)
+    want = data[1 << 20 : 2 << 20] + data[4608 : 4608 + (1 << 20)] + data[2 << 20 :]
+    want += bytes(1 << 20)
     assert target.read_bytes().ljust(4 << 20, b"\0") == want
     assert digests.value == hashlib.sha256(want).hexdigest()
-    assert windows == [False, True, True, False]  # read, mapped, mapped, past the end: read
+    on = direct is not None
+    assert reads == [(1 << 20, on), (4608, False), (2 << 20, on), (3 << 20, on)]
 
 
-def test_background_writer_tells_how_far_the_file_is_written_zero_chunks_included(tmp_path):
-    # All-zero chunks are not written but still told, in order, after the writes before them;
-    # they hold no buffer, so a writer whose queue holds only such entries still finds one.
-    chunks = [bytes(4096), os.urandom(4096), os.urandom(4096), os.urandom(4096), bytes(4096)]
+def test_background_writer_tells_how_far_the_file_is_written_zero_buffers_included(tmp_path):
+    # Chunks are gathered into buffers; after each buffer is written (an all-zero one is not
+    # written, only told) the reader hears how far the file is, in order.
+    chunks = [bytes(4096), bytes(4096), os.urandom(4096), os.urandom(4096), bytes(4096)]
     told = []
     target = tmp_path / "out"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        writer = BackgroundWriter(fd, done=told.append)
+        writer = BackgroundWriter(fd, path=target, done=told.append, size=8192)
         for i, chunk in enumerate(chunks):
             writer.write(memoryview(chunk), i * 4096)
         writer.finish()
         writer.close()
     finally:
         os.close(fd)
-    assert told == [4096 * (i + 1) for i in range(len(chunks))]
+    assert told == [8192, 16384, 20480]
     assert target.read_bytes().ljust(5 * 4096, b"\0") == b"".join(chunks)
+    assert target.stat().st_blocks * 512 <= 3 * 4096  # the zero blocks are holes
 
 
-def test_background_writer_copies_a_mutable_chunk_and_keeps_a_bytes_one(tmp_path):
-    # A chunk of a reused buffer may change once write() returns: what it held is written.
-    # A view of bytes cannot change: it is kept until written, two in flight at most.
+def test_background_writer_copies_chunks_and_keeps_two_buffers_in_flight(tmp_path):
+    # A chunk may change once write() returns: what it held is written. A third buffer waits
+    # for the first write. An unaligned first offset (a resumed download) and an unaligned
+    # end are written through the page cache, the blocks between them direct.
     target = tmp_path / "out"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
+    target.write_bytes(b"x" * 100)
+    fd = os.open(target, os.O_WRONLY, 0o600)
     release = threading.Event()
-    first = os.urandom(4096)
     try:
-        writer = BackgroundWriter(fd, done=lambda _end: release.wait(10))
-        reused = bytearray(os.urandom(4096))
+        writer = BackgroundWriter(fd, path=target, done=lambda _end: release.wait(10), size=8192)
+        reused = bytearray(os.urandom(8192))
         want = bytes(reused)
-        writer.write(memoryview(reused), 0)
-        reused[:] = os.urandom(4096)
-        writer.write(memoryview(first), 4096)
-        third = threading.Thread(target=writer.write, args=(memoryview(first), 8192))
+        writer.write(memoryview(reused), 100)  # fills the first buffer (4,096 - 100 bytes)
+        reused[:] = os.urandom(8192)
+        want += bytes(reused)
+        third = threading.Thread(target=writer.write, args=(memoryview(reused), 8292))
         third.start()
         third.join(0.3)
-        assert third.is_alive()  # two writes held, waiting: the third waits for a slot
+        assert third.is_alive()  # two buffers being written: the third waits for one
         release.set()
         third.join(10)
+        writer.write(memoryview(b"tail"), 16484)
         writer.finish()
         writer.close()
     finally:
         os.close(fd)
-    assert target.read_bytes() == want + first + first
+    assert target.read_bytes() == b"x" * 100 + want + b"tail"
 
 
 def test_coalesce_joins_reads_into_chunks_of_their_own():

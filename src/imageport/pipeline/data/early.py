@@ -189,7 +189,6 @@ class EarlyConversion:
                     self._check_stop,
                     ready=self._wait,
                     thread_init=self._lower_priority,
-                    final=lambda: self._final is not None,  # then hashed from the page cache
                 )
         with self._cond:
             while self._final is None and not self._stopped:

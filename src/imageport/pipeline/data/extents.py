@@ -97,6 +97,37 @@ def data_runs(view: memoryview, block: int = ZERO_BLOCK) -> Iterator[tuple[int, 
         yield start, len(view)
 
 
+BLOCK = 4096  # O_DIRECT alignment of offsets, lengths and buffers (any logical block size)
+
+
+def open_direct(path: Path, flags: int = os.O_WRONLY) -> int | None:
+    """``path`` opened again with O_DIRECT, or None where the file system refuses (tmpfs)."""
+    try:
+        return os.open(path, flags | os.O_DIRECT)
+    except (OSError, AttributeError):
+        return None
+
+
+def write_range(
+    fd: int, direct: int | None, buffer: memoryview, base: int, lo: int, hi: int
+) -> None:
+    """Write ``buffer[lo:hi]`` at ``base + lo``: its aligned blocks through ``direct``.
+
+    ``buffer`` is page-aligned and ``base`` a multiple of :data:`BLOCK`, so a block-aligned
+    offset in the file is a block-aligned address in the buffer. The partial blocks at either
+    end (and everything, without ``direct``) go through ``fd`` and the page cache.
+    """
+    if direct is not None:
+        first, last = -(-lo // BLOCK) * BLOCK, hi - hi % BLOCK
+        if first < last:
+            if lo < first:
+                pwrite_all(fd, buffer[lo:first], base + lo)
+            pwrite_all(direct, buffer[first:last], base + first)
+            lo = last
+    if lo < hi:
+        pwrite_all(fd, buffer[lo:hi], base + lo)
+
+
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     """Write all of ``data`` at ``offset`` of ``fd``; a full disk is NoSpace.
 

@@ -4,11 +4,10 @@ A raw image is the guest's bytes in order. For an image whose data clusters are 
 they are (not compressed, not encrypted), ``qemu-img map`` tells, for every guest range, either
 that it reads as zeros or the offset in the image file where its bytes lie. Reading those
 ranges in guest order gives exactly the bytes ``qemu-img convert -O raw`` writes, so the
-conversion can be one pass: each data range (still in the page cache from staging) is hashed
-where it lies, through a read-only map of the complete file (:func:`_window`; read into a
-buffer while the file still grows), while a writer thread reads it from the page cache and
-writes it into the output with O_DIRECT; each zero range is hashed from a zero buffer and
-left as a hole.
+conversion can be one pass: each data range is read once into a buffer (with O_DIRECT: the
+stage writer left the staged file on the disk, not in the page cache), hashed there by MD5 and
+the secure hash, and written into the output with O_DIRECT from the same buffer; each zero
+range is hashed from a zero buffer and left as a hole.
 That replaces ``qemu-img convert`` followed by a second read of its output to hash it.
 
 qemu-img still does every bit of parsing of the image (``map`` runs sandboxed like every qemu
@@ -20,7 +19,6 @@ None, and the caller converts with ``qemu-img convert`` instead.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import mmap
 import os
@@ -32,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from imageport.errors import StagingLost
-from imageport.pipeline.data.extents import data_runs, pwrite_all
+from imageport.pipeline.data import extents
+from imageport.pipeline.data.extents import BLOCK, data_runs
 from imageport.pipeline.data.hashing import Digests, MultiHasher
 
 #: Source formats (Image API names) whose ``qemu-img map`` offsets always point into the
@@ -164,123 +163,121 @@ def data_bytes(runs: Sequence[Run]) -> int:
     return sum(r.length for r in runs if r.offset is not None)
 
 
-RING = 3  # chunk buffers a conversion reads into while the secure hash works on older ones
-BLOCK = 4096  # O_DIRECT alignment of offsets, lengths and buffers (any logical block size)
+RING = 3  # chunk buffers a conversion reads into while the hashes and the writer use older ones
 
 
 class _Ring:
-    """Chunk buffers reused in turn, each once the secure hash is done with it.
+    """Chunk buffers reused in turn, each once both hashes and the writer are done with it.
 
     With one buffer, every read would wait for both hashes and both hashes for the read; with
-    three, the slower hash (SHA-512 here) always has the next chunk waiting. A chunk hashed
-    where it lies (a mapped window) holds no buffer but counts as one in flight; from the
-    first one on, buffers are given back instead of kept (a complete file needs none), so the
-    windows' pages take their place in memory instead of adding to it.
+    three, the slower hash (SHA-512 here) always has the next chunk waiting.
     """
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._free: list[memoryview] = []
         self._allocated = 0
-        self._keep = True  # buffers are reused, until the file is mapped instead
-        self._held: deque[tuple[memoryview | None, Future[None]]] = deque()
+        self._held: deque[tuple[memoryview, tuple[Future[None], ...]]] = deque()
 
     def next(self) -> memoryview:
         """A buffer nobody uses any more (allocated on demand, up to RING)."""
         while not self._free:
             if self._allocated < RING:
                 self._allocated += 1
-                # An anonymous map, not the heap's: once dropped, it is the system's at once.
+                # An anonymous map: page-aligned, as O_DIRECT wants, and the system's once
+                # dropped.
                 return memoryview(mmap.mmap(-1, self._size))
             self._settle()
         return self._free.pop()
 
-    def room(self) -> None:
-        """Wait until fewer than RING chunks are being hashed (for a mapped window)."""
-        self._keep = False
-        self._allocated -= len(self._free)
-        self._free.clear()
-        while len(self._held) >= RING:
+    def busy(self, view: memoryview, *futures: Future[None]) -> None:
+        """``view`` (from :meth:`next`) is in use until every one of ``futures`` is done."""
+        self._held.append((view, futures))
+
+    def drain(self) -> None:
+        """Wait until no buffer is in use; raise the first failure."""
+        while self._held:
             self._settle()
 
-    def busy(self, view: memoryview | None, future: Future[None]) -> None:
-        """``view`` (from :meth:`next`, or None) is in use until ``future`` is done."""
-        self._held.append((view, future))
-
     def _settle(self) -> None:
-        view, future = self._held.popleft()
-        future.result()
-        if view is not None and self._keep:
-            self._free.append(view)
-        elif view is not None:
-            self._allocated -= 1
+        view, futures = self._held.popleft()
+        for future in futures:
+            future.result()
+        self._free.append(view)
+
+
+class _Reader:
+    """Reads ranges of the staged file: with O_DIRECT where aligned, never into the page cache.
+
+    The stage writer wrote the file around the page cache (:mod:`~imageport.pipeline.data.
+    writer`), so its bytes are on the disk, not in memory: read with O_DIRECT they go straight
+    into the conversion's buffer; read through the page cache, every page would first be
+    allocated there, which costs this VM more than the read (1.5-2.7 CPU-s per GiB, against
+    0.1). Unaligned ranges (clusters under 4 KiB) and file systems without O_DIRECT read
+    through the page cache.
+    """
+
+    def __init__(self, source: Path, ready: Callable[[int], None] | None) -> None:
+        self._fd = os.open(source, os.O_RDONLY)
+        self._direct = extents.open_direct(source, os.O_RDONLY)
+        self._ready = ready
+
+    def read(self, view: memoryview, at: int) -> None:
+        """Fill ``view`` from the file at ``at`` (once ``ready`` says those bytes are there)."""
+        if self._ready is not None:
+            self._ready(at + len(view))
+        fd = self._fd
+        if self._direct is not None and at % BLOCK == 0 and len(view) % BLOCK == 0:
+            fd = self._direct
+        got = os.preadv(fd, [view], at)
+        if got != len(view) and self._ready is None:
+            raise StagingLost("the staged file shrank while it was converted")
+        if got != len(view):
+            # A file being staged has its trailing zeros as a hole that is not yet part of its
+            # length: ``ready`` said these bytes are final.
+            view[got:] = bytes(len(view) - got)
+
+    def close(self) -> None:
+        """Close the descriptors."""
+        for fd in (self._direct, self._fd):
+            if fd is not None:
+                os.close(fd)
 
 
 class _Output:
-    """The raw output, written by a helper thread that reads the data ranges itself.
+    """The raw output, written by a helper thread from the buffers the hashes read.
 
-    The hashing loop only queues ``(source offset, length, output offset)``: the helper reads
-    each range again from the page cache into its own page-aligned buffer and writes it with
-    O_DIRECT, so the disk takes the bytes straight from that buffer. That costs little CPU
-    (measured here for 1 GiB of data: ~0.35 CPU-s to read and write, against ~1.2 for
-    ``copy_file_range`` into the page cache and ~1.6 for buffered writes, plus the write-back
-    those leave behind) while the two hashes need both cores; and the writer may lag behind
-    the hashes by any number of ranges, at no memory cost, until the zero ranges give the disk
-    time to catch up. Anything unaligned (a last partial block), or a file system without
-    O_DIRECT (tmpfs), is written buffered. Zero blocks are skipped either way: holes stay holes.
+    Written with O_DIRECT, so the disk takes the bytes straight from the buffer: ~0.2 CPU-s
+    per GiB here, against ~1.2 for ``copy_file_range`` into the page cache and ~1.6 for
+    buffered writes, plus the write-back those leave behind, while the two hashes need both
+    cores. Anything unaligned (a last partial block), or a file system without O_DIRECT
+    (tmpfs), is written buffered. Zero blocks are skipped either way: holes stay holes.
     """
 
-    def __init__(
-        self,
-        source: Path,
-        target: Path,
-        chunk_size: int,
-        *,
-        ready: Callable[[int], None] | None,
-        thread_init: Callable[[], None] | None,
-    ) -> None:
-        self._src = os.open(source, os.O_RDONLY)
+    def __init__(self, target: Path, *, thread_init: Callable[[], None] | None) -> None:
         self.fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._direct: int | None = None
-        with contextlib.suppress(OSError, AttributeError):
-            self._direct = os.open(target, os.O_WRONLY | os.O_DIRECT)
-        self._ready = ready
-        self._buffer = memoryview(mmap.mmap(-1, chunk_size))  # page-aligned, as O_DIRECT wants
+        self._direct = extents.open_direct(target)
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="raw-write", initializer=thread_init
         )
-        self._pending: deque[Future[None]] = deque()
         self._unsynced = 0  # bytes written since the last flush (helper thread only)
 
-    def write(self, at: int, length: int, to: int) -> None:
-        """Queue the source's ``length`` bytes at ``at`` for writing at ``to`` in the output."""
-        while self._pending and self._pending[0].done():
-            self._pending.popleft().result()  # raise an earlier failure here, at once
-        self._pending.append(self._pool.submit(self._write, at, length, to))
-
-    def finish(self) -> None:
-        """Wait for every queued write; raise the first failure."""
-        while self._pending:
-            self._pending.popleft().result()
+    def write(self, view: memoryview, to: int) -> Future[None]:
+        """Queue ``view`` (page-aligned; unchanged until the future is done) for ``to``."""
+        return self._pool.submit(self._write, view, to)
 
     def close(self) -> None:
         """Stop the helper thread and close the descriptors."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-        for fd in (self._direct, self.fd, self._src):
+        for fd in (self._direct, self.fd):
             if fd is not None:
                 os.close(fd)
 
-    def _write(self, at: int, length: int, to: int) -> None:
-        view = self._buffer[:length]
-        _read(self._src, view, at, self._ready)
-        direct = self._direct is not None and to % BLOCK == 0 and length % BLOCK == 0
+    def _write(self, view: memoryview, to: int) -> None:
+        # Only a buffer that starts on a block boundary of the output can be written direct.
+        direct = self._direct if to % BLOCK == 0 else None
         for start, end in data_runs(view):
-            # Runs start at 64 KiB steps of an aligned range and end at one or at its end:
-            # every piece of a direct range is block-aligned too.
-            if direct and self._direct is not None:
-                pwrite_all(self._direct, view[start:end], to + start)
-            else:
-                pwrite_all(self.fd, view[start:end], to + start)
+            extents.write_range(self.fd, direct, view, to, start, end)
             self._unsynced += end - start
         if self._unsynced >= SYNC_EVERY:
             # Flushed as it is written, not all by the store's fsync: buffered bytes, and for
@@ -299,85 +296,35 @@ def write_raw(
     *,
     ready: Callable[[int], None] | None = None,
     thread_init: Callable[[], None] | None = None,
-    final: Callable[[], bool] | None = None,
 ) -> Digests:
     """Write the guest described by ``runs`` to ``target`` as a sparse raw file; hash it.
 
     ``progress`` is called with the guest bytes done after every chunk; it may raise to stop
     (cancel, shutdown): the partial ``target`` is the caller's to remove. ``ready(end)``, when
     given, is called before bytes up to ``end`` of ``source`` are read: it returns once they
-    are there (a file still being staged); ``final()`` then says whether the file is complete
-    (without ``ready`` it is). ``thread_init`` runs first on the write thread.
+    are there (a file still being staged). ``thread_init`` runs first on the write thread.
     """
     ring = _Ring(chunk_size)
     done = 0
-    output = _Output(source, target, chunk_size, ready=ready, thread_init=thread_init)
+    reader = _Reader(source, ready)
+    output = _Output(target, thread_init=thread_init)
     try:
-        with source.open("rb", buffering=0) as handle:
-            src = handle.fileno()
-            for run in runs:
-                end = run.start + run.length
-                while done < end:
-                    n = min(chunk_size, end - done)
-                    if run.offset is None:
-                        hasher.update_zeros(n)  # a hole: hashed, never written
-                    else:
-                        at = run.offset + done - run.start
-                        window = _window(src, at, n, ready, final)
-                        if window is not None:
-                            ring.room()
-                            ring.busy(None, hasher.feed(window))
-                        else:
-                            buffer = ring.next()
-                            _read(src, buffer[:n], at, ready)
-                            ring.busy(buffer, hasher.feed(buffer[:n]))
-                        output.write(at, n, done)
-                    done += n
-                    progress(done)
-        output.finish()
+        for run in runs:
+            end = run.start + run.length
+            while done < end:
+                n = min(chunk_size, end - done)
+                if run.offset is None:
+                    hasher.update_zeros(n)  # a hole: hashed, never written
+                else:
+                    buffer = ring.next()
+                    view = buffer[:n]
+                    reader.read(view, run.offset + done - run.start)
+                    ring.busy(buffer, hasher.feed(view), output.write(view, done))
+                done += n
+                progress(done)
+        ring.drain()  # every write done, or the first failure raised
         os.ftruncate(output.fd, done)
     finally:
         output.close()
+        reader.close()
     return hasher.digests()
-
-
-def _window(
-    src: int,
-    at: int,
-    length: int,
-    ready: Callable[[int], None] | None,
-    final: Callable[[], bool] | None,
-) -> memoryview | None:
-    """Bytes ``[at, at + length)`` of a complete ``src``, mapped read-only; None: read them.
-
-    The hashes then read the page cache itself: copying a GiB out of it cost this VM 0.9
-    CPU-s (perf). Only a complete file is mapped, never past its end, and imageport never
-    shortens a staged file in place (a new staging unlinks the old file first): a mapped page
-    cut off by a truncation would kill the process (SIGBUS). The mapping goes away with the
-    last view of it, once both hashes are done.
-    """
-    if ready is not None:
-        ready(at + length)
-        if final is None or not final():
-            return None  # still being staged: it may grow, and its tail may be a hole
-    start = at - at % mmap.ALLOCATIONGRANULARITY
-    try:
-        if at + length > os.fstat(src).st_size:
-            return None  # a final hole the file's length does not cover: read (zeros)
-        mapped = mmap.mmap(src, at + length - start, access=mmap.ACCESS_READ, offset=start)
-    except (OSError, ValueError):
-        return None  # a file system that cannot map: read instead
-    return memoryview(mapped)[at - start :]
-
-
-def _read(src: int, view: memoryview, at: int, ready: Callable[[int], None] | None) -> None:
-    """Fill ``view`` from ``src`` at ``at`` (once ``ready`` says those bytes are there)."""
-    if ready is not None:
-        ready(at + len(view))
-    got = os.preadv(src, [view], at)
-    if got != len(view) and ready is None:
-        raise StagingLost("the staged file shrank while it was converted")
-    if got != len(view):
-        # A file being staged has its trailing zeros as a hole that is not yet part of its
-        # length: ``ready`` said these bytes are final.
-        view[got:] = bytes(len(view) - got)

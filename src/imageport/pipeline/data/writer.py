@@ -1,111 +1,131 @@
-"""Write chunks to a file on a helper thread, so receiving the next chunk overlaps the write.
+"""Write a stream into a file on a helper thread, around the page cache, in aligned blocks.
 
-Writing from user space into the page cache costs about as much CPU here as receiving the same
-bytes over HTTP (1 GiB: ~1.5 s on these VMs), and while the scanning thread writes, nobody
-asks uvicorn for more of the body: it stops reading the socket after 64 KiB, and the client
-waits. :class:`BackgroundWriter` copies each chunk's non-zero runs into one of two buffers and
-writes them on a helper thread, so the scanning thread goes back to the socket at once. Memory:
-two chunk buffers per writer, allocated at the first chunk (an idle upload costs nothing). A
-chunk that is a view of ``bytes`` (an API upload's: :func:`imageport.api.bridge.body_chunks`)
-cannot change, so it is kept as it is until written, not copied: that copy of every byte was a
-third of the API process's CPU during an upload (perf, 1 GiB, 2026-12-03).
+A staged file is written once and read once (by the conversion that follows it), so it does
+not belong in the page cache: filling 1 GiB of fresh page cache cost this VM 1.5-2.7 CPU-s
+(the host backs every newly used page again; reading or copying pages already in use costs
+0.05), while the same gigabyte written with O_DIRECT from a reused buffer cost 0.15-0.2 CPU-s
+(``bench/headline.py``, 2026-12-03). :class:`BackgroundWriter` copies the stream into two
+page-aligned buffers in turn (a copy between reused buffers costs little) and writes each full
+buffer on a helper thread with O_DIRECT, so the scanning thread goes back to its source at
+once; its readers (:mod:`~imageport.pipeline.data.mapped`) read it back with O_DIRECT too.
+Whatever is not block-aligned (a first partial block of a resumed download, the last partial
+block), or a file system without O_DIRECT (tmpfs), is written through the page cache. Zero
+blocks are never written: they stay holes. Memory: two buffers per writer, allocated at the
+first chunk (an idle upload costs nothing).
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from imageport.pipeline.data import extents
-from imageport.pipeline.data.extents import data_runs
+from imageport.pipeline.data.extents import BLOCK, data_runs
 
 BUFFERS = 2  # one being written, one being filled
+BUFFER_SIZE = 8 * 1024**2  # bytes per buffer (the default ``chunk_size``)
 
 
 class BackgroundWriter:
-    """Writes the non-zero runs of chunks at their offsets in ``fd``; zero blocks stay holes."""
+    """Writes a stream of chunks at their offsets in a file; zero blocks stay holes."""
 
-    def __init__(self, fd: int, *, done: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        *,
+        path: Path | None = None,
+        done: Callable[[int], None] | None = None,
+        size: int = BUFFER_SIZE,
+    ) -> None:
         """Write into ``fd``.
 
         Args:
             fd: the target, open for writing.
-            done: called on the helper thread with the end offset of each chunk once it is
-                in the file, in order (a reader following the file as it fills).
+            path: the target's path, opened again with O_DIRECT (None: the page cache only).
+            done: called on the helper thread with the end offset of what is in the file,
+                in order (a reader following the file as it fills), after every buffer.
+            size: bytes per buffer (rounded up to whole blocks).
         """
         self._fd = fd
+        self._direct = extents.open_direct(path) if path is not None else None
         self._done = done
+        self._size = -(-max(size, BLOCK) // BLOCK) * BLOCK  # whole blocks: stays aligned
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        self._free: list[bytearray] = []
+        self._free: list[memoryview] = []
         self._allocated = 0
-        # Each queued write and what it holds: one of the buffers, a chunk kept as it is, or
-        # nothing (an all-zero chunk only tells the follower).
-        self._pending: list[tuple[Future[None], bytearray | memoryview]] = []
-        self._holding = 0  # entries of _pending that hold bytes (a buffer or a kept chunk)
+        self._pending: list[tuple[Future[None], memoryview]] = []
+        self._buffer: memoryview | None = None  # being filled
+        self._base = 0  # file offset of the buffer's first byte (a multiple of BLOCK)
+        self._start = 0  # first byte of the buffer that is ours (an unaligned first offset)
+        self._fill = 0  # bytes of the buffer filled, counted from its first byte
 
     def write(self, chunk: memoryview, offset: int) -> None:
         """Queue ``chunk`` for writing at ``offset``; the caller may reuse it at once.
-
-        A chunk of a mutable buffer is copied; a view of ``bytes`` is kept (it cannot change).
 
         Raises:
             NoSpace: an earlier write found the file system full.
             OSError: an earlier write failed otherwise.
         """
-        runs = list(data_runs(chunk))
-        if not runs:
-            if self._done is not None:
-                # Nothing to write, but the follower hears of it after the earlier writes.
-                told = self._pool.submit(self._done, offset + len(chunk))
-                self._pending.append((told, bytearray()))
-            return  # all zeros: a hole, nothing to write
-        held: bytearray | memoryview
-        if isinstance(chunk.obj, bytes):
-            while self._holding >= BUFFERS:
-                self._settle_oldest()  # as many chunks in flight as buffers, no more
-            held = view = chunk
-        else:
-            held = self._buffer(len(chunk))
-            view = memoryview(held)
-            view[: len(chunk)] = chunk
-        written = self._pool.submit(self._write, view, runs, offset, len(chunk))
-        self._pending.append((written, held))
-        self._holding += 1
+        if self._buffer is not None and offset != self._base + self._fill:
+            self._submit()  # not where the last chunk ended: what came before goes alone
+        done = 0
+        while done < len(chunk):
+            if self._buffer is None:
+                self._begin(offset + done)
+            buffer = self._buffer
+            assert buffer is not None  # noqa: S101 - _begin set it
+            n = min(len(chunk) - done, len(buffer) - self._fill)
+            buffer[self._fill : self._fill + n] = chunk[done : done + n]
+            self._fill += n
+            done += n
+            if self._fill == len(buffer):
+                self._submit()
 
     def finish(self) -> None:
-        """Wait until every queued chunk is written; raise the first failure."""
+        """Write what is buffered, wait until everything is written; raise the first failure."""
+        if self._buffer is not None:
+            self._submit()
         while self._pending:
             self._settle_oldest()
 
     def close(self) -> None:
         """Stop the helper thread (queued writes are dropped when a failure ended the scan)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
 
-    def _buffer(self, size: int) -> bytearray:
+    def _begin(self, offset: int) -> None:
+        """Start filling a buffer at file ``offset``, placed so the buffer stays aligned."""
+        self._buffer = self._take()
+        self._base = offset - offset % BLOCK
+        self._start = self._fill = offset - self._base
+
+    def _take(self) -> memoryview:
         if self._allocated < BUFFERS:
             self._allocated += 1
-            return bytearray(size)
+            # An anonymous map: page-aligned, as O_DIRECT wants, and the system's once dropped.
+            return memoryview(mmap.mmap(-1, self._size))
         while not self._free:
-            # Both buffers in use: wait for the older write (entries for all-zero chunks,
-            # which only tell the follower, hold no buffer).
             self._settle_oldest()
-        buffer = self._free.pop()
-        if len(buffer) < size:
-            buffer = bytearray(size)  # a larger chunk than before (rare): a new buffer
-        return buffer
+        return self._free.pop()
+
+    def _submit(self) -> None:
+        buffer, self._buffer = self._buffer, None
+        assert buffer is not None  # noqa: S101 - only called with a buffer being filled
+        written = self._pool.submit(self._write, buffer, self._base, self._start, self._fill)
+        self._pending.append((written, buffer))
 
     def _settle_oldest(self) -> None:
-        future, held = self._pending.pop(0)
-        if held:
-            self._holding -= 1
-        if isinstance(held, bytearray) and held:
-            self._free.append(held)
+        future, buffer = self._pending.pop(0)
+        self._free.append(buffer)
         future.result()
 
-    def _write(
-        self, view: memoryview, runs: list[tuple[int, int]], offset: int, length: int
-    ) -> None:
-        for start, end in runs:
-            extents.pwrite_all(self._fd, view[start:end], offset + start)
+    def _write(self, buffer: memoryview, base: int, start: int, end: int) -> None:
+        for lo, hi in data_runs(buffer[start:end]):
+            extents.write_range(self._fd, self._direct, buffer, base, start + lo, start + hi)
         if self._done is not None:
-            self._done(offset + length)
+            self._done(base + end)

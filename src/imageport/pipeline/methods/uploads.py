@@ -116,7 +116,7 @@ def _write(
 ) -> ScanResult:
     """Write and scan the upload; ``formats``: declared format, target format, length."""
     disk_format, target_format, length = formats
-    target.unlink(missing_ok=True)  # a new file, never one truncated (see mapped._window)
+    target.unlink(missing_ok=True)  # a new file, never one truncated (see staging._copy)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
     following = early.following(
         target,
@@ -129,7 +129,9 @@ def _write(
     try:
         with following as follower:
             # Zero blocks stay holes, as in the stage step; the writes overlap the receiving.
-            with contextlib.closing(BackgroundWriter(fd, done=follower.advance)) as writer:
+            with contextlib.closing(
+                BackgroundWriter(fd, path=target, done=follower.advance, size=settings.chunk_size)
+            ) as writer:
                 scanned = scan(
                     chunks,
                     settings,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from imageport.pipeline.context import JobContext, Services
 from imageport.pipeline.data import decompression, early, space, staging_area
-from imageport.pipeline.data.copier import KernelCopier
 from imageport.pipeline.data.scan import ScanResult, coalesce, scan
 from imageport.pipeline.data.sources import SourceInfo, file_chunks, http_stream
 from imageport.pipeline.data.staging_area import Tick
@@ -172,8 +171,8 @@ def _copy(
 ) -> ScanResult:
     # keep > 0: the first ``keep`` bytes are already staged (a resumed download).
     if not keep:
-        # A new file, never the old one truncated: a conversion may still map the old one,
-        # and a mapped page cut off by a truncation kills its process (mapped._window).
+        # A new file, never the old one truncated: a conversion may still be reading the old
+        # one (its follower is told to stop, but only sees it between two reads).
         target.unlink(missing_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
     # A qcow2 converted to raw is converted while it is staged (not a resumed download: the
@@ -189,9 +188,9 @@ def _copy(
         with following as follower:
             scanned = _scan_into(ctx, chunks, fd, info, keep, follower.advance)
             os.ftruncate(fd, scanned.disk_size or 0)
-            # No fsync: the staged file only has to survive a worker crash (the page cache
-            # does), and a lost host loses local staging anyway; syncing would cost a full
-            # write-back of the source on the hot path.
+            # No fsync: the staged file only has to survive a worker crash (its blocks went
+            # to the disk with O_DIRECT, its last partial block sits in the page cache), and a
+            # lost host loses local staging anyway.
             follower.complete(scanned.disk_size or 0)
     finally:
         os.close(fd)
@@ -208,17 +207,13 @@ def _scan_into(
 ) -> ScanResult:
     """Scan ``chunks`` and write them into ``fd``; ``told`` hears how far the file is written."""
     total = None if info.length is None else info.start + info.length
-    copier = _kernel_copier(ctx, fd, told) if not keep else None
-    # Zero blocks are not written: they stay holes, so staged raw images stay sparse.
-    writer = BackgroundWriter(fd, done=told) if copier is None else None
+    # Around the page cache, in aligned blocks (pipeline/data/writer.py); zero blocks are not
+    # written: they stay holes, so staged raw images stay sparse.
+    writer = BackgroundWriter(fd, path=ctx.staged_path, done=told, size=ctx.settings.chunk_size)
     try:
 
         def sink(chunk: memoryview, offset: int) -> None:
-            if offset + len(chunk) <= keep:
-                return  # read back from the staged file itself: already there
-            if copier is not None:
-                copier.copy(chunk, offset)
-            elif writer is not None:
+            if offset + len(chunk) > keep:  # else read back from the staged file itself
                 writer.write(chunk, offset)
 
         scanned = scan(
@@ -230,33 +225,10 @@ def _scan_into(
             progress=lambda done: ctx.progress(done, total),
             hashed=ctx.request.source_hash_needed,
         )
-        if copier is not None:
-            copier.finish()
-        if writer is not None:
-            writer.finish()
+        writer.finish()
         if not scanned.complete:
             # Refused from its first bytes: fail the stage before staging the rest.
             scanned.verdict.raise_if_rejected()
     finally:
-        if copier is not None:
-            copier.close()
-        if writer is not None:
-            writer.close()
+        writer.close()
     return scanned
-
-
-def _kernel_copier(
-    ctx: JobContext, fd: int, done: Callable[[int], None] | None
-) -> KernelCopier | None:
-    """A kernel copier for an uncompressed local file (its staged bytes equal its bytes)."""
-    if ctx.request.method != "local-file":
-        return None
-    path = Path(ctx.request.source)
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(decompression.MAGIC_LENGTH)
-    except OSError:
-        return None  # the normal path reports the error
-    if decompression.detect(head) is not None:
-        return None  # staged bytes are the decompressed output, not the file's bytes
-    return KernelCopier(path, fd, done=done)
