@@ -122,14 +122,17 @@ def write_range(
         if first < last:
             if lo < first:
                 pwrite_all(fd, buffer[lo:first], base + lo)
-            pwrite_all(direct, buffer[first:last], base + first)
+            pwrite_all(direct, buffer[first:last], base + first, rest=fd)
             lo = last
     if lo < hi:
         pwrite_all(fd, buffer[lo:hi], base + lo)
 
 
-def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+def pwrite_all(fd: int, data: memoryview, offset: int, *, rest: int | None = None) -> None:
     """Write all of ``data`` at ``offset`` of ``fd``; a full disk is NoSpace.
+
+    After a short write, the rest goes through ``rest`` when given: what is left of an O_DIRECT
+    write may no longer be block-aligned.
 
     Raises:
         NoSpace: the file system is full (or the quota used up).
@@ -137,7 +140,8 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     written = 0
     try:
         while written < len(data):
-            written += os.pwrite(fd, data[written:], offset + written)
+            target = fd if rest is None or not written else rest
+            written += os.pwrite(target, data[written:], offset + written)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpace("staging ran out of space: free space there and retry") from exc
