@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import OperationalError
 from structlog.testing import capture_logs
 
 from imageport.pipeline import runner
@@ -41,3 +42,31 @@ def test_a_crashing_stage_fails_the_import_with_a_reference(services, tmp_path, 
     assert crashed[0]["reference"] in message
     assert image_status == "queued"
     assert leftover_files(services.settings.resolved_staging_dir) == []
+
+
+def test_a_database_lost_after_the_last_stage_committed_still_ends_in_success(
+    services, tmp_path, monkeypatch
+):
+    # The activation committed the image and the task; the database goes away before the
+    # stage's run row is recorded. The job is done: it reports success, not a failure.
+    real_finish = runner._finish
+
+    def finish(ctx, writer, status, output, error, *, following=None):
+        if following is None and error is None:
+            raise OperationalError("UPDATE stage_runs", {}, ConnectionRefusedError("gone"))
+        return real_finish(ctx, writer, status, output, error, following=following)
+
+    monkeypatch.setattr(runner, "_finish", finish)
+    src = make_raw(tmp_path / "disk.raw")
+    submitted = submit_import(
+        services, ImportRequest(method="local-file", source=str(src), disk_format="raw")
+    )
+    with capture_logs() as logs:
+        outcome = runner.run_import(services, submitted.task_id)
+    assert outcome.status == "success"
+    summary = [e for e in logs if e["event"] == "job summary"]
+    assert [e["outcome"] for e in summary] == ["success"]
+    assert any(e["event"] == "could not record the last stage's run; the job is done" for e in logs)
+    with services.db.session() as session:
+        assert repository.get_task(session, submitted.task_id).status == "success"
+        assert repository.get_image(session, submitted.image_id).status == "active"

@@ -276,7 +276,16 @@ def _run_stage(
     heartbeat.check()  # a job that lost its lease must not record a result
     status = StageStatus.SKIPPED if output.was_skipped() else StageStatus.DONE
     ctx.outputs[name] = output
-    next_run = _finish(ctx, writer, status, output, None, following=following)
+    try:
+        next_run = _finish(ctx, writer, status, output, None, following=following)
+    except DBAPIError as exc:
+        if following is not None:
+            raise
+        # The last stage ended the job in its own transaction (the image active, the task a
+        # success: completion.finish_task); only its run row and the lease release are lost.
+        # The lease expires by itself; reporting a finished import as failed would mislead.
+        log.warning("could not record the last stage's run; the job is done", error=str(exc.orig))
+        next_run = None
     seconds = time.monotonic() - started
     services.observer.stage_finished(name, seconds, writer.done)
     log.info("stage finished", stage=name, status=status, seconds=round(seconds, 3))
