@@ -13,18 +13,24 @@ from imageport.records import repository
 from images import leftover_files, make_raw
 
 
-def _boom(self, ctx, services):
-    raise RuntimeError("secret detail from deep inside")
-
-
-def test_a_crashing_stage_fails_the_import_with_a_reference(services, tmp_path, monkeypatch):
-    monkeypatch.setattr(verification.Verification, "run", _boom)
+def _import_raw(services, tmp_path):
+    """Submit and run the import of a small raw file; the submission, outcome and logs."""
     src = make_raw(tmp_path / "disk.raw")
     submitted = submit_import(
         services, ImportRequest(method="local-file", source=str(src), disk_format="raw")
     )
     with capture_logs() as logs:
         outcome = runner.run_import(services, submitted.task_id)
+    return submitted, outcome, logs
+
+
+def _boom(self, ctx, services):
+    raise RuntimeError("secret detail from deep inside")
+
+
+def test_a_crashing_stage_fails_the_import_with_a_reference(services, tmp_path, monkeypatch):
+    monkeypatch.setattr(verification.Verification, "run", _boom)
+    submitted, outcome, logs = _import_raw(services, tmp_path)
     assert outcome.status == "failure"
     with services.db.session() as session:
         task = repository.get_task(session, submitted.task_id)
@@ -57,12 +63,7 @@ def test_a_database_lost_after_the_last_stage_committed_still_ends_in_success(
         return real_finish(ctx, writer, status, output, error, following=following)
 
     monkeypatch.setattr(runner, "_finish", finish)
-    src = make_raw(tmp_path / "disk.raw")
-    submitted = submit_import(
-        services, ImportRequest(method="local-file", source=str(src), disk_format="raw")
-    )
-    with capture_logs() as logs:
-        outcome = runner.run_import(services, submitted.task_id)
+    submitted, outcome, logs = _import_raw(services, tmp_path)
     assert outcome.status == "success"
     summary = [e for e in logs if e["event"] == "job summary"]
     assert [e["outcome"] for e in summary] == ["success"]
