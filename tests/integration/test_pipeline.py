@@ -392,8 +392,8 @@ def test_interrupted_download_resumes_with_range(services, tmp_path, honour_rang
         real_pwrite = extents_module.pwrite_all
         written = {"bytes": 0}
 
-        def crashing_pwrite(fd, data, offset):
-            real_pwrite(fd, data, offset)
+        def crashing_pwrite(fd, data, offset, **kwargs):
+            real_pwrite(fd, data, offset, **kwargs)
             written["bytes"] += len(data)
             if written["bytes"] >= 8 * MIB:
                 raise _Crash
