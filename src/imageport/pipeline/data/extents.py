@@ -7,6 +7,7 @@ sparse raw image of 4 GiB with 1 GiB of data costs one read of 1 GiB.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,6 +99,14 @@ def data_runs(view: memoryview, block: int = ZERO_BLOCK) -> Iterator[tuple[int, 
 
 
 BLOCK = 4096  # O_DIRECT alignment of offsets, lengths and buffers (any logical block size)
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """A buffer of ``size`` bytes at a page boundary, as O_DIRECT wants.
+
+    An anonymous map, not the heap's: page-aligned, and the system's at once when dropped.
+    """
+    return memoryview(mmap.mmap(-1, size))
 
 
 def open_direct(path: Path, flags: int = os.O_WRONLY) -> int | None:

@@ -20,7 +20,6 @@ None, and the caller converts with ``qemu-img convert`` instead.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -184,9 +183,7 @@ class _Ring:
         while not self._free:
             if self._allocated < RING:
                 self._allocated += 1
-                # An anonymous map: page-aligned, as O_DIRECT wants, and the system's once
-                # dropped.
-                return memoryview(mmap.mmap(-1, self._size))
+                return extents.aligned_buffer(self._size)
             self._settle()
         return self._free.pop()
 
@@ -212,9 +209,9 @@ class _Reader:
     The stage writer wrote the file around the page cache (:mod:`~imageport.pipeline.data.
     writer`), so its bytes are on the disk, not in memory: read with O_DIRECT they go straight
     into the conversion's buffer; read through the page cache, every page would first be
-    allocated there, which costs this VM more than the read (1.5-2.7 CPU-s per GiB, against
-    0.1). Unaligned ranges (clusters under 4 KiB) and file systems without O_DIRECT read
-    through the page cache.
+    allocated there, which costs this VM more than the read (1.6-2.7 CPU-s per GiB, against
+    0.1; README, Performance). Unaligned ranges (clusters under 4 KiB) and file systems
+    without O_DIRECT read through the page cache.
     """
 
     def __init__(self, source: Path, ready: Callable[[int], None] | None) -> None:

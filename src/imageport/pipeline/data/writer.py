@@ -1,10 +1,10 @@
 """Write a stream into a file on a helper thread, around the page cache, in aligned blocks.
 
 A staged file is written once and read once (by the conversion that follows it), so it does
-not belong in the page cache: filling 1 GiB of fresh page cache cost this VM 1.5-2.7 CPU-s
-(the host backs every newly used page again; reading or copying pages already in use costs
-0.05), while the same gigabyte written with O_DIRECT from a reused buffer cost 0.15-0.2 CPU-s
-(``bench/headline.py``, 2026-12-03). :class:`BackgroundWriter` copies the stream into two
+not belong in the page cache: filling 1 GiB of fresh page cache cost this VM 1.6-2.7 CPU-s
+(the host backs every newly used page again; reading pages already cached costs 0.05), while
+the same gigabyte written with O_DIRECT from a reused buffer cost 0.12-0.2 CPU-s (one thread,
+8 MiB chunks, 2026-12-03; README, Performance). :class:`BackgroundWriter` copies the stream into two
 page-aligned buffers in turn (a copy between reused buffers costs little) and writes each full
 buffer on a helper thread with O_DIRECT, so the scanning thread goes back to its source at
 once; its readers (:mod:`~imageport.pipeline.data.mapped`) read it back with O_DIRECT too.
@@ -16,7 +16,6 @@ first chunk (an idle upload costs nothing).
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -107,8 +106,7 @@ class BackgroundWriter:
     def _take(self) -> memoryview:
         if self._allocated < BUFFERS:
             self._allocated += 1
-            # An anonymous map: page-aligned, as O_DIRECT wants, and the system's once dropped.
-            return memoryview(mmap.mmap(-1, self._size))
+            return extents.aligned_buffer(self._size)
         while not self._free:
             self._settle_oldest()
         return self._free.pop()

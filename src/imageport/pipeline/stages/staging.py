@@ -186,7 +186,7 @@ def _copy(
     )
     try:
         with following as follower:
-            scanned = _scan_into(ctx, chunks, fd, info, keep, follower.advance)
+            scanned = _scan_into(ctx, chunks, (fd, target), info, keep, follower.advance)
             os.ftruncate(fd, scanned.disk_size or 0)
             # No fsync: the staged file only has to survive a worker crash (its blocks went
             # to the disk with O_DIRECT, its last partial block sits in the page cache), and a
@@ -200,16 +200,17 @@ def _copy(
 def _scan_into(
     ctx: JobContext,
     chunks: Iterator[memoryview],
-    fd: int,
+    into: tuple[int, Path],
     info: SourceInfo,
     keep: int,
     told: Callable[[int], None],
 ) -> ScanResult:
-    """Scan ``chunks`` and write them into ``fd``; ``told`` hears how far the file is written."""
+    """Scan ``chunks`` into ``into`` (an open file and its path); ``told`` hears how far."""
     total = None if info.length is None else info.start + info.length
     # Around the page cache, in aligned blocks (pipeline/data/writer.py); zero blocks are not
     # written: they stay holes, so staged raw images stay sparse.
-    writer = BackgroundWriter(fd, path=ctx.staged_path, done=told, size=ctx.settings.chunk_size)
+    fd, target = into
+    writer = BackgroundWriter(fd, path=target, done=told, size=ctx.settings.chunk_size)
     try:
 
         def sink(chunk: memoryview, offset: int) -> None:
